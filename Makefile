@@ -1,0 +1,59 @@
+# livemigrate: the two commands are `make demo` and `make test`; everything else is a helper.
+PY ?= python3
+VENV := .venv
+SECANTUS := .secantus
+UV := $(VENV)/bin/uv
+UV_VERSION := 0.13.9
+export UV_COMPILE_BYTECODE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: setup demo test lint format lock bench soak ui clean
+
+setup: $(VENV)/.installed $(SECANTUS)/.installed
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+
+$(UV): | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+# Locked dependencies, bytecode compiled (the machine sets PYTHONDONTWRITEBYTECODE=1).
+$(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
+	$(UV) pip sync -q -p $(VENV)/bin/python --compile-bytecode requirements.lock
+	$(UV) pip install -q -p $(VENV)/bin/python --compile-bytecode --no-deps -e .
+	touch $@
+
+# SecantusDB (GPL) lives in its own virtualenv and only ever runs as a separate process.
+$(SECANTUS)/.installed: secantus.lock | $(UV)
+	$(UV) venv -q -p $(PY) $(SECANTUS)
+	$(UV) pip sync -q -p $(SECANTUS)/bin/python --compile-bytecode secantus.lock
+	touch $@
+
+demo: setup
+	$(VENV)/bin/python -m flows.demo
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check tasks checks flows deployments tests
+	$(VENV)/bin/ruff format --check tasks checks flows deployments tests
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format tasks checks flows deployments tests
+	$(VENV)/bin/ruff check --fix tasks checks flows deployments tests
+
+lock: | $(UV)
+	$(UV) pip compile -q --extra dev pyproject.toml -o requirements.lock
+	echo "SecantusDB==0.7.0b3" | $(UV) pip compile -q - -o secantus.lock
+
+bench: setup
+	$(VENV)/bin/python -m bench.run
+
+soak: setup
+	$(VENV)/bin/python -m pytest -m soak -p no:cacheprovider tests/reliability/test_soak.py
+
+clean:
+	rm -rf $(VENV) $(SECANTUS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,243 @@
+"""Typed migration configuration, loaded from YAML.
+
+Why: every stage reads the same validated model; a broken file is refused with
+the field path and one reason (exit code 2) before anything connects.  URIs are
+``SecretStr`` so reprs, logs and Prefect parameters never show a password; a
+URI may instead come from a Prefect Secret block or a named link, resolved at
+the edge (flows/ and the CLI) through :meth:`MigrationConfig.resolve`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError
+
+METADATA_DB = "__livemigrate"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AtlasRef(_Strict):
+    """Atlas identifiers for Atlas-only checks (BI Connector, tier)."""
+
+    project_id: str
+    cluster_name: str
+    api_public_key: str | None = None
+    api_private_key: SecretStr | None = None
+    api_key_secret: str | None = Field(default=None, description="Prefect Secret block holding 'public:private'")
+    base_url: str = "https://cloud.mongodb.com/api/atlas/v2"
+
+
+class Endpoint(_Strict):
+    """One side of the migration: where it is and how to trust it."""
+
+    uri: SecretStr | None = None
+    secret: str | None = Field(default=None, description="name of a Prefect Secret block holding the URI")
+    tls_ca_file: Path | None = None
+    atlas: AtlasRef | None = None
+
+    @field_validator("uri", mode="before")
+    @classmethod
+    def _expand_env(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            missing = [m for m in _ENV_RE.findall(v) if m not in os.environ]
+            if missing:
+                raise ValueError(f"environment variable {missing[0]} is not set")
+            return _ENV_RE.sub(lambda m: os.environ[m.group(1)], v)
+        return v
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return v
+
+
+class NamespaceRules(_Strict):
+    """Include/exclude rules: 'db.coll' globs, 'db.*', or regex written as /pattern/."""
+
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _valid_rules(cls, rules: list[str]) -> list[str]:
+        from tasks.namespaces import compile_rule
+
+        for rule in rules:
+            compile_rule(rule)  # raises ValueError with the rule named
+        return rules
+
+
+class ShardCollection(_Strict):
+    key: dict[str, Any]
+
+    @field_validator("key")
+    @classmethod
+    def _key_ok(cls, key: dict[str, Any]) -> dict[str, Any]:
+        if not key:
+            raise ValueError("shard key must name at least one field")
+        for field, kind in key.items():
+            if not field or field.startswith("$"):
+                raise ValueError(f"invalid shard key field {field!r}")
+            if kind not in (1, -1, "hashed") or isinstance(kind, bool):
+                raise ValueError(f"shard key field {field!r} must be 1 or 'hashed', not {kind!r}")
+            if kind == -1:
+                raise ValueError(f"shard key field {field!r}: descending shard keys are not allowed")
+        if sum(1 for k in key.values() if k == "hashed") > 1:
+            raise ValueError("a shard key can have at most one hashed field")
+        return key
+
+
+class ShardingEntry(_Strict):
+    """Same JSON shape as mongosync's start API."""
+
+    database: str = Field(min_length=1)
+    collection: str = Field(min_length=1)
+    shardCollection: ShardCollection  # noqa: N815 - mongosync's field name
+
+
+class Sharding(_Strict):
+    createSupportingIndexes: bool = False  # noqa: N815 - mongosync's field name
+    shardingEntries: list[ShardingEntry] = Field(default_factory=list)  # noqa: N815
+
+
+class Cutover(_Strict):
+    window_hours: float = Field(default=120.0, gt=0)
+    extension_hours: float = Field(default=24.0, gt=0)
+    max_lag_seconds: float = Field(default=10.0, gt=0)
+    ready_after_seconds: float = Field(default=5.0, ge=0, description="lag must stay under max for this long")
+    drain_timeout_seconds: float = Field(default=300.0, gt=0)
+    quiesce_seconds: float = Field(default=2.0, ge=0, description="source optime must stay still this long")
+
+
+class Tuning(_Strict):
+    workers: int = Field(default=4, ge=1, le=64)
+    batch_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=47 * 1024 * 1024)
+    partition_docs: int = Field(default=50_000, ge=100)
+    sync_lanes: int = Field(default=4, ge=1, le=64)
+    sync_batch_events: int = Field(default=5000, ge=1)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    lock_timeout_seconds: float = Field(default=60.0, gt=0)
+    retry_attempts: int = Field(default=8, ge=0)
+    retry_max_seconds: float = Field(default=30.0, gt=0)
+    copy_rate_mb_s: float | None = Field(default=None, gt=0, description="for the oplog-window estimate")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+
+class MigrationConfig(_Strict):
+    """The whole migration, as written in the YAML file."""
+
+    name: str
+    source: Endpoint = Field(default_factory=Endpoint)
+    destination: Endpoint = Field(default_factory=Endpoint)
+    link: str | None = Field(default=None, description="use the URIs stored by `livemigrate link create`")
+    namespaces: NamespaceRules = Field(default_factory=NamespaceRules)
+    sharding: Sharding = Field(default_factory=Sharding)
+    clear_destination: bool = False
+    cutover: Cutover = Field(default_factory=Cutover)
+    tuning: Tuning = Field(default_factory=Tuning)
+    metadata_db: Literal["__livemigrate"] = METADATA_DB
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '.', '_' or '-'")
+        return v
+
+    @model_validator(mode="after")
+    def _endpoints_given(self) -> MigrationConfig:
+        for side in ("source", "destination"):
+            ep: Endpoint = getattr(self, side)
+            given = [x for x in (ep.uri, ep.secret) if x is not None]
+            if len(given) > 1:
+                raise ValueError(f"{side}: give either uri or secret, not both")
+            if not given and self.link is None:
+                raise ValueError(f"{side}: uri, secret or a top-level link is required")
+        return self
+
+    def needs_resolution(self) -> bool:
+        """True when a URI must come from a Prefect Secret block or a link."""
+        return self.source.uri is None or self.destination.uri is None
+
+    def resolve(self, lookup: Callable[[str], str]) -> MigrationConfig:
+        """Return a copy whose URIs are filled from Secret blocks via ``lookup(block_name)``."""
+        out = self
+        for side in ("source", "destination"):
+            ep: Endpoint = getattr(out, side)
+            if ep.uri is not None:
+                continue
+            block = ep.secret or link_block_name(out.link or "", side)
+            value = lookup(block)
+            new_ep = ep.model_copy(update={"uri": Endpoint._uri_scheme(SecretStr(value))})
+            out = out.model_copy(update={side: new_ep})
+        return out
+
+    def source_uri(self) -> str:
+        return _require(self.source.uri, "source")
+
+    def destination_uri(self) -> str:
+        return _require(self.destination.uri, "destination")
+
+
+def link_block_name(link: str, side: str) -> str:
+    """Name of the Prefect Secret block that `livemigrate link create` writes."""
+    return f"livemigrate-link-{link}-{'source' if side == 'source' else 'dest'}".lower()
+
+
+def _require(uri: SecretStr | None, side: str) -> str:
+    if uri is None:
+        raise ConfigError(f"{side}.uri: not resolved (the URI comes from a Secret block or link; run through the CLI or a flow)")
+    return uri.get_secret_value()
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    """One line per problem: 'file: field.path: reason'; never echoes input values."""
+    first = err.errors(include_input=False, include_url=False)[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    more = len(err.errors()) - 1
+    return f"{source}: {loc}: {msg}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def config_from_dict(data: Any, source: str = "config") -> MigrationConfig:
+    """Validate a mapping (from YAML or from Prefect parameters)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings")
+    try:
+        return MigrationConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_config(path: str | Path) -> MigrationConfig:
+    """Read and validate a YAML config file; every failure is a one-line ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
+    return config_from_dict(data, str(p))

@@ -1,0 +1,330 @@
+"""The metadata store: migration state in a reserved database on the destination.
+
+Why: a worker's disk is gone after a run (dlt keeps pipeline state in the
+destination for the same reason).  Every record carries a schema version; a
+version this code does not know is refused with what to do.  Writes use
+majority write concern so a checkpoint never runs ahead of applied data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any
+
+from pymongo import MongoClient, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from tasks.config import METADATA_DB
+from tasks.errors import LockHeldError, NotFoundError, SchemaVersionError
+from tasks.state import (
+    SCHEMA_VERSION,
+    Checkpoint,
+    MigrationDoc,
+    Partition,
+    PartitionStatus,
+    Phase,
+    check_transition,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+LOCK_ID = "destination"
+
+
+def process_owner() -> str:
+    """Identifies this process: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True when ``owner`` was a process on this host that no longer exists."""
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_s = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_s.isdigit():
+        return False  # another machine: only its lease expiry tells
+    try:
+        os.kill(int(pid_s), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _check_version(doc: dict[str, Any] | None, where: str) -> None:
+    if doc is None:
+        return
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"{METADATA_DB}.{where}: metadata schema version {version!r} is not the {SCHEMA_VERSION} this "
+            f"livemigrate understands",
+            remedy=f"use the livemigrate release that wrote it, or drop the {METADATA_DB} database on the "
+            "destination to start the migration over",
+        )
+
+
+class MetadataStore:
+    """All reads and writes of migration state go through here."""
+
+    def __init__(self, client: MongoClient[Any], db_name: str = METADATA_DB) -> None:
+        self.client = client
+        wc = WriteConcern("majority")
+        self.db = client.get_database(db_name, write_concern=wc, read_concern=ReadConcern("majority"))
+        self.migrations: Collection[Any] = self.db["migrations"]
+        self.checkpoints: Collection[Any] = self.db["checkpoints"]
+        self.partitions: Collection[Any] = self.db["partitions"]
+        self.locks: Collection[Any] = self.db["locks"]
+        self.reports: Collection[Any] = self.db["reports"]
+        self._indexes_made = False
+
+    def ensure_indexes(self) -> None:
+        if not self._indexes_made:
+            self.partitions.create_index([("migration", 1), ("status", 1), ("ns", 1), ("seq", 1)])
+            self.reports.create_index([("migration", 1), ("kind", 1), ("at", -1)])
+            self._indexes_made = True
+
+    # -- migrations -------------------------------------------------------
+    def create(self, doc: MigrationDoc) -> MigrationDoc:
+        self.migrations.insert_one(doc.to_mongo())
+        return doc
+
+    def get(self, name: str) -> MigrationDoc | None:
+        raw = self.migrations.find_one({"_id": name})
+        _check_version(raw, f"migrations[{name}]")
+        return MigrationDoc.model_validate(raw) if raw else None
+
+    def load(self, name: str) -> MigrationDoc:
+        doc = self.get(name)
+        if doc is None:
+            raise NotFoundError(f"no migration named {name!r} in the destination's {METADATA_DB} database")
+        return doc
+
+    def latest(self) -> MigrationDoc | None:
+        """The most recently updated migration (for `describe` without a name)."""
+        raw = self.migrations.find_one({}, sort=[("updated_at", -1)])
+        _check_version(raw, "migrations")
+        return MigrationDoc.model_validate(raw) if raw else None
+
+    def update(self, name: str, **fields: Any) -> MigrationDoc:
+        """Set fields (pydantic-serialised) on the migration record."""
+        fields["updated_at"] = utcnow()
+        sets = {k: _dump(v) for k, v in fields.items()}
+        raw = self.migrations.find_one_and_update({"_id": name}, {"$set": sets}, return_document=ReturnDocument.AFTER)
+        if raw is None:
+            raise NotFoundError(f"no migration named {name!r}")
+        _check_version(raw, f"migrations[{name}]")
+        return MigrationDoc.model_validate(raw)
+
+    def push(self, name: str, field: str, value: Any) -> None:
+        self.migrations.update_one({"_id": name}, {"$push": {field: _dump(value)}, "$set": {"updated_at": utcnow()}})
+
+    def set_phase(self, name: str, new: Phase, **fields: Any) -> MigrationDoc:
+        """Move to ``new`` if the phase table allows it (checked against the stored phase)."""
+        current = self.load(name)
+        check_transition(current.phase, new)
+        if current.phase == new and not fields:
+            return current
+        now = utcnow()
+        sets = {k: _dump(v) for k, v in fields.items()}
+        sets.update({"phase": new.value, "updated_at": now})
+        raw = self.migrations.find_one_and_update(
+            {"_id": name, "phase": current.phase.value},
+            {"$set": sets, "$push": {"history": {"phase": new.value, "at": now}}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if raw is None:  # somebody else moved it meanwhile: re-check against the new phase
+            return self.set_phase(name, new, **fields)
+        log.info("migration %s: %s -> %s", name, current.phase.value, new.value)
+        return MigrationDoc.model_validate(raw)
+
+    def archive(self, name: str) -> str | None:
+        """Move an ended migration's records aside so the name can start over."""
+        raw = self.migrations.find_one({"_id": name})
+        if raw is None:
+            return None
+        new_id = f"{name}@{utcnow().strftime('%Y%m%dT%H%M%S')}"
+        raw["_id"] = new_id
+        self.migrations.insert_one(raw)
+        self.migrations.delete_one({"_id": name})
+        self.checkpoints.delete_one({"_id": name})
+        self.partitions.delete_many({"migration": name})
+        return new_id
+
+    # -- lock -------------------------------------------------------------
+    def acquire_lock(self, name: str, owner: str, timeout_s: float) -> None:
+        """Hold the destination for migration ``name``; refuse if another live migration holds it."""
+        now = utcnow()
+        stale = now - dt.timedelta(seconds=timeout_s)
+        try:
+            self.locks.find_one_and_update(
+                {"_id": LOCK_ID, "$or": [{"holder": name}, {"heartbeat_at": {"$lt": stale}}, {"holder": None}]},
+                {"$set": {"holder": name, "owner": owner, "heartbeat_at": now, "schema_version": SCHEMA_VERSION}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            held = self.locks.find_one({"_id": LOCK_ID}) or {}
+            raise LockHeldError(
+                f"destination is locked by migration {held.get('holder')!r} (last heartbeat {held.get('heartbeat_at')})",
+                remedy="wait for it to finish, cancel it, or wait for its lock to expire",
+            ) from None
+
+    def heartbeat(self, name: str, owner: str) -> bool:
+        res = self.locks.update_one({"_id": LOCK_ID, "holder": name}, {"$set": {"heartbeat_at": utcnow(), "owner": owner}})
+        return res.matched_count == 1
+
+    def release_lock(self, name: str) -> None:
+        self.locks.update_one({"_id": LOCK_ID, "holder": name}, {"$set": {"holder": None, "owner": None}})
+
+    def lock_holder(self) -> dict[str, Any] | None:
+        doc = self.locks.find_one({"_id": LOCK_ID})
+        return doc if doc and doc.get("holder") else None
+
+    # -- checkpoint -------------------------------------------------------
+    def save_checkpoint(self, cp: Checkpoint) -> None:
+        self.checkpoints.replace_one({"_id": cp.id}, cp.to_mongo(), upsert=True)
+
+    def load_checkpoint(self, name: str) -> Checkpoint | None:
+        raw = self.checkpoints.find_one({"_id": name})
+        _check_version(raw, f"checkpoints[{name}]")
+        return Checkpoint.model_validate(raw) if raw else None
+
+    # -- partitions -------------------------------------------------------
+    def add_partitions(self, parts: list[Partition]) -> None:
+        if parts:
+            self.ensure_indexes()
+            self.partitions.insert_many([p.to_mongo() for p in parts], ordered=False)
+
+    def has_plan(self, name: str, ns: str | None = None) -> bool:
+        q: dict[str, Any] = {"migration": name}
+        if ns:
+            q["ns"] = ns
+        return self.partitions.find_one(q, {"_id": 1}) is not None
+
+    def claim_partition(self, name: str, owner: str, lease_s: float) -> Partition | None:
+        """Atomically take the next partition to copy: a new one, or one whose worker died."""
+        now = utcnow()
+        lease = now + dt.timedelta(seconds=lease_s)
+        update = {"$set": {"status": PartitionStatus.PROCESSING.value, "owner": owner, "lease_until": lease}, "$inc": {"attempts": 1}}
+        raw = self.partitions.find_one_and_update(
+            {"migration": name, "status": PartitionStatus.ADDED.value},
+            update,
+            sort=[("ns", 1), ("seq", 1)],
+            return_document=ReturnDocument.AFTER,
+        )
+        if raw is None:
+            # Reclaim partitions of dead or expired workers.
+            for cand in self.partitions.find({"migration": name, "status": PartitionStatus.PROCESSING.value}):
+                if cand.get("owner") == owner:
+                    continue
+                expired = cand.get("lease_until") is not None and cand["lease_until"].replace(tzinfo=dt.UTC) < now
+                if expired or owner_is_dead(cand.get("owner")):
+                    raw = self.partitions.find_one_and_update(
+                        {"_id": cand["_id"], "owner": cand.get("owner"), "status": PartitionStatus.PROCESSING.value},
+                        update,
+                        return_document=ReturnDocument.AFTER,
+                    )
+                    if raw is not None:
+                        log.info("reclaimed partition %s from %s", cand["_id"], cand.get("owner"))
+                        break
+        return Partition.model_validate(raw) if raw else None
+
+    def partition_progress(self, pid: str, owner: str, docs: int, nbytes: int, lease_s: float) -> None:
+        self.partitions.update_one(
+            {"_id": pid, "owner": owner},
+            {"$set": {"docs": docs, "bytes": nbytes, "lease_until": utcnow() + dt.timedelta(seconds=lease_s)}},
+        )
+
+    def finish_partition(self, pid: str, owner: str, docs: int, nbytes: int) -> None:
+        self.partitions.update_one(
+            {"_id": pid, "owner": owner},
+            {"$set": {"status": PartitionStatus.DONE.value, "docs": docs, "bytes": nbytes, "finished_at": utcnow()}},
+        )
+
+    def release_partition(self, pid: str, owner: str) -> None:
+        """Give a partition back (clean stop): another worker redoes it."""
+        self.partitions.update_one(
+            {"_id": pid, "owner": owner, "status": PartitionStatus.PROCESSING.value},
+            {"$set": {"status": PartitionStatus.ADDED.value, "owner": None, "lease_until": None}},
+        )
+
+    def clone_summary(self, name: str) -> dict[str, dict[str, int]]:
+        """Per namespace: partitions total/done, docs and bytes copied, estimated docs."""
+        out: dict[str, dict[str, int]] = {}
+        pipeline = [
+            {"$match": {"migration": name}},
+            {
+                "$group": {
+                    "_id": "$ns",
+                    "partitions": {"$sum": 1},
+                    "done": {"$sum": {"$cond": [{"$eq": ["$status", "done"]}, 1, 0]}},
+                    "docs": {"$sum": "$docs"},
+                    "bytes": {"$sum": "$bytes"},
+                    "est_docs": {"$sum": "$est_docs"},
+                }
+            },
+        ]
+        for row in self.partitions.aggregate(pipeline):
+            ns = row.pop("_id")
+            out[ns] = {k: int(v) for k, v in row.items()}
+        return out
+
+    def unfinished_partitions(self, name: str) -> int:
+        return self.partitions.count_documents({"migration": name, "status": {"$ne": PartitionStatus.DONE.value}})
+
+    # -- reports ----------------------------------------------------------
+    def save_report(self, name: str, kind: str, report: dict[str, Any]) -> None:
+        self.reports.insert_one({"migration": name, "kind": kind, "at": utcnow(), "schema_version": SCHEMA_VERSION, "report": report})
+
+    def last_report(self, name: str, kind: str) -> dict[str, Any] | None:
+        raw = self.reports.find_one({"migration": name, "kind": kind}, sort=[("at", -1)])
+        return raw.get("report") if raw else None
+
+
+class LockHeartbeat:
+    """Keeps the destination lock fresh from a daemon thread while a migration runs."""
+
+    def __init__(self, store: MetadataStore, name: str, owner: str, interval_s: float) -> None:
+        self._store, self._name, self._owner, self._interval = store, name, owner, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lock-heartbeat-{name}", daemon=True)
+
+    def __enter__(self) -> LockHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._store.heartbeat(self._name, self._owner)
+            except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next tick
+                log.warning("lock heartbeat failed: %s", type(exc).__name__)
+
+
+def _dump(v: Any) -> Any:
+    if hasattr(v, "model_dump"):
+        return v.model_dump(by_alias=True, mode="python")
+    if isinstance(v, list):
+        return [_dump(x) for x in v]
+    if isinstance(v, Phase):
+        return v.value
+    return v

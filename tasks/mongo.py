@@ -1,0 +1,144 @@
+"""Connecting to an endpoint: bounded time, TLS CA checks, names without secrets.
+
+Why: every stage connects the same way, and every error must name the host
+involved without leaking the password or the full URI.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pymongo
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.raw_bson import RawBSONDocument
+from pymongo import MongoClient
+from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from tasks.errors import ConfigError, ConnectError, classify
+
+log = logging.getLogger(__name__)
+
+RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+"""Codec for data paths: documents stay raw BSON bytes and are never decoded."""
+
+APP_NAME = "livemigrate"
+
+
+def describe_endpoint(uri: str, side: str = "") -> str:
+    """'source (host1:27017,host2:27017)' - the hosts, never the credentials."""
+    try:
+        parsed = parse_uri(uri, validate=False, warn=True, connect_timeout=1)
+        hosts = ",".join(f"{h}:{p}" for h, p in parsed["nodelist"]) or parsed.get("fqdn") or "?"
+    except Exception:  # noqa: BLE001 - malformed URIs are described, not raised here
+        hosts = "unparseable URI"
+    return f"{side} ({hosts})" if side else hosts
+
+
+def check_ca_file(path: Path, side: str) -> None:
+    """The CA file exists, is readable and holds valid PEM certificates."""
+    if not path.exists():
+        raise ConfigError(f"{side}.tls_ca_file: {path} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{side}.tls_ca_file: {path} is not readable ({exc.strerror})") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ConfigError(f"{side}.tls_ca_file: {path} is not a PEM certificate file")
+    try:
+        ctx = ssl.create_default_context()
+        ctx.load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"{side}.tls_ca_file: {path} is not valid PEM ({exc})") from None
+
+
+def connect(
+    uri: str,
+    *,
+    side: str,
+    tls_ca_file: Path | None = None,
+    timeout_s: float = 10.0,
+    ping: bool = True,
+    **kwargs: Any,
+) -> MongoClient[Any]:
+    """Open a client and (by default) prove it works within ``timeout_s``.
+
+    Raises ConfigError for malformed URIs or CA files, ConnectError when the
+    endpoint cannot be reached or refuses the credentials.
+    """
+    where = describe_endpoint(uri, side)
+    opts: dict[str, Any] = {
+        "appname": APP_NAME,
+        "serverSelectionTimeoutMS": int(timeout_s * 1000),
+        "connectTimeoutMS": int(timeout_s * 1000),
+        "socketTimeoutMS": None,
+        "retryWrites": True,
+        "retryReads": True,
+    }
+    if tls_ca_file is not None:
+        check_ca_file(Path(tls_ca_file), side)
+        opts["tls"] = True
+        opts["tlsCAFile"] = str(tls_ca_file)
+    opts.update(kwargs)
+    try:
+        client: MongoClient[Any] = MongoClient(uri, **opts)
+    except (InvalidURI, ConfigurationError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{side}.uri: invalid connection string ({_redact(str(exc), uri)})") from None
+    if ping:
+        try:
+            client.admin.command("ping")
+        except PyMongoError as exc:
+            client.close()
+            err = classify(exc, where)
+            msg = _redact(str(err), uri)
+            if "uthentication failed" in msg or "not authorized" in msg:
+                user = parse_uri(uri, validate=False).get("username") or "?"
+                raise ConnectError(f"{where}: authentication failed for user {user!r}") from None
+            raise ConnectError(f"{where}: cannot connect within {timeout_s:g}s: {msg.split(': ', 1)[-1]}") from None
+    return client
+
+
+def _redact(text: str, uri: str) -> str:
+    """Remove the URI and its password from a message, in case a driver echoed them."""
+    text = text.replace(uri, "<uri>")
+    try:
+        pw = parse_uri(uri, validate=False).get("password")
+    except Exception:  # noqa: BLE001
+        pw = None
+    if pw:
+        text = text.replace(pw, "***")
+    return text
+
+
+def server_version(client: MongoClient[Any]) -> tuple[int, ...]:
+    """(major, minor, patch) from buildInfo."""
+    info = client.admin.command("buildInfo")
+    return tuple(int(x) for x in info.get("versionArray", [0, 0, 0])[:3])
+
+
+def latest_optime(client: MongoClient[Any]) -> Any:
+    """The deployment's latest operation time (a bson Timestamp)."""
+    hello = client.admin.command("hello")
+    last = hello.get("lastWrite", {}).get("opTime", {}).get("ts")
+    if last is not None:
+        return last
+    return hello.get("operationTime") or hello.get("$clusterTime", {}).get("clusterTime")
+
+
+def is_replica_set_or_sharded(client: MongoClient[Any]) -> bool:
+    hello = client.admin.command("hello")
+    return bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+
+
+__all__ = [
+    "RAW",
+    "check_ca_file",
+    "connect",
+    "describe_endpoint",
+    "latest_optime",
+    "pymongo",
+    "server_version",
+]

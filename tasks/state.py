@@ -1,0 +1,162 @@
+"""The migration's state: versioned pydantic records and the phase machine.
+
+Why: any process on any machine must be able to pick a migration up where it
+stopped, so every stage reads and writes small records upserted by ``_id`` in
+the metadata database on the destination.  The phase is an enum with one
+table of allowed transitions (mongosync's IDLE/RUNNING/COMMITTING/COMMITTED).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.errors import PhaseError
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> dt.datetime:
+    # Millisecond precision: what BSON dates keep, so a round trip compares equal.
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class Phase(StrEnum):
+    CREATED = "created"
+    CLONING = "cloning"
+    SYNCING = "syncing"
+    CUTTING_OVER = "cutting_over"
+    COMPLETE = "complete"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.CREATED: frozenset({Phase.CLONING, Phase.CANCELLED, Phase.FAILED}),
+    Phase.CLONING: frozenset({Phase.SYNCING, Phase.CANCELLED, Phase.FAILED}),
+    Phase.SYNCING: frozenset({Phase.CUTTING_OVER, Phase.CANCELLED, Phase.EXPIRED, Phase.FAILED}),
+    Phase.CUTTING_OVER: frozenset({Phase.COMPLETE, Phase.FAILED, Phase.CANCELLED}),
+    # A failed migration can be resumed where it stopped once the cause is fixed, or cancelled.
+    Phase.FAILED: frozenset({Phase.CLONING, Phase.SYNCING, Phase.CUTTING_OVER, Phase.CANCELLED}),
+    Phase.COMPLETE: frozenset(),
+    Phase.CANCELLED: frozenset(),
+    Phase.EXPIRED: frozenset(),
+}
+TERMINAL = frozenset(p for p, nxt in TRANSITIONS.items() if not nxt)
+ACTIVE = frozenset({Phase.CREATED, Phase.CLONING, Phase.SYNCING, Phase.CUTTING_OVER})
+
+
+def check_transition(old: Phase, new: Phase) -> None:
+    """Raise PhaseError unless the table allows old -> new (staying put is allowed)."""
+    if old != new and new not in TRANSITIONS[old]:
+        raise PhaseError(f"migration cannot go from {old.value} to {new.value}")
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="ignore")
+
+
+class Decision(_Record):
+    action: str  # cutover | extend | cancel
+    approver: str
+    reason: str = ""
+    at: dt.datetime = Field(default_factory=utcnow)
+    lag_seconds: float | None = None
+
+
+class Lag(_Record):
+    lag_seconds: float | None = None
+    events_per_second: float = 0.0
+    catch_up_seconds: float | None = None
+    applied_events: int = 0
+    applied_time: int | None = None  # seconds part of the last applied cluster time
+    source_time: int | None = None
+    updated_at: dt.datetime | None = None
+
+
+class MigrationDoc(_Record):
+    """One document per migration in ``__livemigrate.migrations``."""
+
+    id: str = Field(alias="_id")
+    schema_version: int = SCHEMA_VERSION
+    phase: Phase = Phase.CREATED
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+    source: str = ""  # hosts only, never credentials
+    destination: str = ""
+    namespaces: dict[str, list[str]] = Field(default_factory=dict)
+    flow_run_id: str | None = None
+    start_time: dict[str, int] | None = None  # cluster time the change stream starts at {t, i}
+    start_token: dict[str, Any] | None = None
+    clone_started_at: dt.datetime | None = None
+    clone_finished_at: dt.datetime | None = None
+    ready: bool = False
+    ready_since: dt.datetime | None = None
+    window_opens_at: dt.datetime | None = None
+    window_closes_at: dt.datetime | None = None
+    extensions: int = 0
+    lag: Lag = Field(default_factory=Lag)
+    decisions: list[Decision] = Field(default_factory=list)
+    balancer_stopped: bool = False
+    index_restores: list[dict[str, Any]] = Field(default_factory=list)
+    unsupported: list[dict[str, str]] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    last_validation: dict[str, Any] | None = None
+    last_verification: dict[str, Any] | None = None
+    destination_ready_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    error: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+    def to_mongo(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="python")
+
+
+class Checkpoint(_Record):
+    """The change stream's resume point, written only after every earlier event is applied."""
+
+    id: str = Field(alias="_id")
+    schema_version: int = SCHEMA_VERSION
+    token: dict[str, Any] | None = None
+    cluster_time: dict[str, int] | None = None  # {t, i} of the last applied event (or caught-up time)
+    applied_events: int = 0
+    updated_at: dt.datetime = Field(default_factory=utcnow)
+
+    def to_mongo(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="python")
+
+
+class PartitionStatus(StrEnum):
+    ADDED = "added"
+    PROCESSING = "processing"
+    DONE = "done"
+
+
+class Partition(_Record):
+    """One ``_id`` range of one collection; claimed atomically by a clone worker."""
+
+    id: str = Field(alias="_id")
+    migration: str
+    ns: str
+    seq: int
+    types: list[str]  # $type bracket; ["*other*"] means "none of the known brackets"
+    lower: Any = None  # inclusive, None = open
+    upper: Any = None  # exclusive, None = open
+    has_lower: bool = False
+    has_upper: bool = False
+    est_docs: int = 0
+    status: PartitionStatus = PartitionStatus.ADDED
+    docs: int = 0
+    bytes: int = Field(default=0, alias="bytes")
+    attempts: int = 0
+    owner: str | None = None
+    lease_until: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    def to_mongo(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="python")
