@@ -1,0 +1,133 @@
+"""What exists on a deployment: in-scope collections and views with options and indexes.
+
+Why: clone, prechecks ("unsupported", "destination-data"), the sync's DDL
+handling and verification all need the same normalised view of a
+collection's options and index specifications.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import MongoClient
+
+from tasks.namespaces import Namespace, NamespaceFilter
+
+log = logging.getLogger(__name__)
+
+# Index spec fields that describe the server's bookkeeping, not the index.
+_INDEX_NOISE = frozenset({"v", "ns", "background", "ok"})
+# Collection options that are read-only identity, not settings.
+_OPTION_NOISE = frozenset({"uuid"})
+TTL_PARKED_SECONDS = 2147483647  # TTL held off during the migration (about 68 years)
+
+
+@dataclass
+class CollectionSpec:
+    """One in-scope collection or view, as listCollections/listIndexes describe it."""
+
+    ns: Namespace
+    kind: str  # "collection", "view" or "timeseries"
+    options: dict[str, Any] = field(default_factory=dict)
+    indexes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def is_view(self) -> bool:
+        return self.kind == "view"
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A namespace the pipeline cannot migrate, and why (reported, never dropped silently)."""
+
+    ns: str
+    reason: str
+    severity: str = "warn"  # warn: skipped with a warning; fail: the migration must not start
+
+
+def comparable_index(spec: dict[str, Any]) -> dict[str, Any]:
+    """An index spec without server bookkeeping, with key order kept (it matters)."""
+    out = {k: v for k, v in spec.items() if k not in _INDEX_NOISE}
+    if out.get("prepareUnique") is False:
+        out.pop("prepareUnique")  # left behind by the collMod that restores uniqueness
+    out["key"] = list(dict(spec["key"]).items())
+    return out
+
+
+def comparable_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in _OPTION_NOISE}
+
+
+def list_specs(
+    client: MongoClient[Any], nsfilter: NamespaceFilter, *, with_indexes: bool = True
+) -> tuple[list[CollectionSpec], list[Unsupported]]:
+    """Every in-scope namespace (views last, so their sources exist first) and the unsupported ones."""
+    specs: list[CollectionSpec] = []
+    unsupported: list[Unsupported] = []
+    for db in sorted(client.list_database_names()):
+        if not nsfilter.db_in_scope(db):
+            continue
+        for info in client[db].list_collections():
+            name = info["name"]
+            if not nsfilter.matches(db, name):
+                continue
+            ns = Namespace(db, name)
+            kind = info.get("type", "collection")
+            options = comparable_options(dict(info.get("options", {})))
+            if kind == "timeseries" or "timeseries" in options:
+                kind = "timeseries"
+            reason = unsupported_reason(kind, options)
+            if reason:
+                unsupported.append(Unsupported(ns.full, reason, "warn"))
+                continue
+            spec = CollectionSpec(ns, "view" if kind == "view" else kind, options)
+            if with_indexes and kind != "view":
+                spec.indexes = [comparable_index(dict(i)) for i in client[db][name].list_indexes()]
+            specs.append(spec)
+    specs.sort(key=lambda s: (s.is_view, s.ns.db, s.ns.coll))
+    return specs, unsupported
+
+
+def unsupported_reason(kind: str, options: dict[str, Any]) -> str | None:
+    """Why a namespace cannot be migrated by this pipeline, or None."""
+    if "encryptedFields" in options:
+        return "Queryable Encryption collections are not migrated (their encrypted state collections are server-managed)"
+    if kind not in ("collection", "view", "timeseries"):
+        return f"collections of type {kind!r} are not migrated"
+    return None
+
+
+def creation_options(spec: CollectionSpec) -> dict[str, Any]:
+    """Options for create on the destination (views: viewOn + pipeline + collation)."""
+    opts = dict(spec.options)
+    opts.pop("autoIndexId", None)
+    return opts
+
+
+def index_for_sync(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The index to build during the migration, and what to restore at cutover (or None).
+
+    Unique indexes are built non-unique (a fuzzy copy and an out-of-order catch-up
+    can hold transient duplicates, as mongosync does); TTL indexes get a parked
+    expireAfterSeconds so the destination deletes nothing the source still has.
+    """
+    build = {k: v for k, v in spec.items() if k not in _INDEX_NOISE}
+    restore: dict[str, Any] = {}
+    if build.get("unique") and build.get("name") != "_id_":
+        build.pop("unique")
+        restore["unique"] = True
+    if "expireAfterSeconds" in build:
+        restore["expireAfterSeconds"] = build["expireAfterSeconds"]
+        build["expireAfterSeconds"] = TTL_PARKED_SECONDS
+    return build, (restore or None)
+
+
+def estimated_size(client: MongoClient[Any], ns: Namespace) -> tuple[int, int]:
+    """(documents, bytes) estimates from collStats; (0, 0) if unavailable."""
+    try:
+        st = client[ns.db].command("collStats", ns.coll)
+        return int(st.get("count", 0)), int(st.get("size", 0))
+    except Exception:  # noqa: BLE001 - an estimate only feeds progress and ETA
+        return 0, 0
