@@ -40,7 +40,8 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.CREATED: frozenset({Phase.CLONING, Phase.CANCELLED, Phase.FAILED}),
     Phase.CLONING: frozenset({Phase.SYNCING, Phase.CANCELLED, Phase.FAILED}),
     Phase.SYNCING: frozenset({Phase.CUTTING_OVER, Phase.CANCELLED, Phase.EXPIRED, Phase.FAILED}),
-    Phase.CUTTING_OVER: frozenset({Phase.COMPLETE, Phase.FAILED, Phase.CANCELLED}),
+    # A cutover that cannot drain (writes keep arriving) goes back to syncing with the reason.
+    Phase.CUTTING_OVER: frozenset({Phase.COMPLETE, Phase.FAILED, Phase.CANCELLED, Phase.SYNCING}),
     # A failed migration can be resumed where it stopped once the cause is fixed, or cancelled.
     Phase.FAILED: frozenset({Phase.CLONING, Phase.SYNCING, Phase.CUTTING_OVER, Phase.CANCELLED}),
     Phase.COMPLETE: frozenset(),
@@ -93,6 +94,9 @@ class MigrationDoc(_Record):
     flow_run_id: str | None = None
     start_time: dict[str, int] | None = None  # cluster time the change stream starts at {t, i}
     start_token: dict[str, Any] | None = None
+    prepared: bool = False  # destination collections created and partition plan stored
+    clone_namespaces: list[str] = Field(default_factory=list)
+    dropped_on_destination: list[str] = Field(default_factory=list)
     clone_started_at: dt.datetime | None = None
     clone_finished_at: dt.datetime | None = None
     ready: bool = False
@@ -112,6 +116,8 @@ class MigrationDoc(_Record):
     completed_at: dt.datetime | None = None
     error: str | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
+    pending_decision: dict[str, Any] | None = None  # a CLI request the flow has not consumed yet
+    write_blocked: bool = False
 
     def to_mongo(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="python")

@@ -1,0 +1,400 @@
+"""The initial clone: every in-scope namespace, copied as raw BSON in ``_id`` partitions.
+
+Why: the copy must lose nothing written meanwhile (the change stream's start
+point is stored before any data is read), must be resumable after a crash
+(the partition plan and per-partition status live in the metadata store) and
+must scale out (workers claim partitions atomically, on any machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from bson import encode
+from bson.raw_bson import RawBSONDocument
+from pymongo import MongoClient
+from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
+
+from tasks.catalog import CollectionSpec, Unsupported, creation_options, estimated_size, index_for_sync, list_specs
+from tasks.config import MigrationConfig
+from tasks.errors import DocumentRejectedError, LiveMigrateError, TerminalError, TransientError, classify
+from tasks.metadata import MetadataStore
+from tasks.mongo import RAW
+from tasks.namespaces import Namespace, NamespaceFilter
+from tasks.partition import IdRange, plan_ranges
+from tasks.progress import ProgressSink, null_sink
+from tasks.state import Partition, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_DOCS = 100_000  # the server's maxWriteBatchSize
+LEASE_SECONDS = 60.0
+
+
+@dataclass
+class CloneStats:
+    docs: int = 0
+    bytes: int = 0
+    partitions: int = 0
+
+
+def backoff_sleep(attempt: int, cap: float) -> None:
+    """Exponential backoff with full jitter."""
+    time.sleep(random.uniform(0, min(cap, 0.2 * 2**attempt)))
+
+
+class Cloner:
+    """Prepares the destination and copies partitions; any number of Cloners may share one plan."""
+
+    def __init__(
+        self,
+        config: MigrationConfig,
+        source: MongoClient[Any],
+        dest: MongoClient[Any],
+        store: MetadataStore,
+        owner: str,
+        progress: ProgressSink = null_sink,
+    ) -> None:
+        self.cfg = config
+        self.name = config.name
+        self.src = source
+        self.dst = dest
+        self.store = store
+        self.owner = owner
+        self.nsfilter = NamespaceFilter.from_rules(config.namespaces)
+        self.progress = progress
+        self.stop_event = threading.Event()
+        self._capped: set[str] = set()
+        self._lock = threading.Lock()
+        self.stats = CloneStats()
+
+    # -- preparation --------------------------------------------------------
+    def prepare(self) -> list[Unsupported]:
+        """Create collections with their options, shard what was asked, store the partition plan.
+
+        Idempotent: a crash half-way through is redone from the recorded list of
+        namespaces this migration created.
+        """
+        doc = self.store.load(self.name)
+        if doc.prepared:
+            return [Unsupported(**u) for u in doc.unsupported]  # type: ignore[arg-type]
+        specs, unsupported = list_specs(self.src, self.nsfilter)
+        collections = [s for s in specs if not s.is_view]
+        wanted = [s.ns.full for s in specs]
+        ours = set(doc.clone_namespaces)
+        existing = [ns for ns in wanted if ns not in ours and self._exists_on_dest(Namespace.parse(ns))]
+        dropped: list[str] = list(doc.dropped_on_destination)
+        if existing:
+            if not self.cfg.clear_destination:
+                raise TerminalError(
+                    f"destination already has in-scope namespaces: {', '.join(existing[:10])}"
+                    + (f" and {len(existing) - 10} more" if len(existing) > 10 else ""),
+                    remedy="set clear_destination: true to drop them first, or exclude them",
+                )
+            for ns in existing:
+                n = Namespace.parse(ns)
+                self.dst[n.db].drop_collection(n.coll)
+                dropped.append(ns)
+                log.warning("clear_destination: dropped %s on the destination", ns)
+        self.store.update(
+            self.name,
+            clone_namespaces=wanted,
+            dropped_on_destination=dropped,
+            unsupported=[u.__dict__ for u in unsupported],
+        )
+        for ns in ours:  # a previous prepare of ours was interrupted: start those over
+            n = Namespace.parse(ns)
+            self.dst[n.db].drop_collection(n.coll)
+            self.store.partitions.delete_many({"migration": self.name, "ns": ns})
+        for spec in collections:
+            self._create_collection(spec)
+        self._shard_destination(collections)
+        for spec in collections:
+            self._plan(spec)
+        self.store.update(self.name, prepared=True, clone_started_at=utcnow())
+        return unsupported
+
+    def _exists_on_dest(self, ns: Namespace) -> bool:
+        return bool(self.dst[ns.db].list_collection_names(filter={"name": ns.coll}))
+
+    def _create_collection(self, spec: CollectionSpec) -> None:
+        opts = creation_options(spec)
+        try:
+            self.dst[spec.ns.db].create_collection(spec.ns.coll, **opts)
+        except CollectionInvalid:
+            pass  # already there (resumed)
+        except OperationFailure as exc:
+            if exc.code != 48:  # NamespaceExists
+                raise TerminalError(f"cannot create {spec.ns} on the destination: {exc.details.get('errmsg') if exc.details else exc}") from None
+
+    def _shard_destination(self, specs: list[CollectionSpec]) -> None:
+        """Replica set -> sharded: shard each configured collection before any data arrives."""
+        entries = self.cfg.sharding.shardingEntries
+        if not entries:
+            return
+        hello = self.dst.admin.command("hello")
+        if hello.get("msg") != "isdbgrid":
+            raise TerminalError("sharding entries are configured but the destination is not a sharded cluster (mongos)")
+        shard_collection(self.dst, entries, self.cfg.sharding.createSupportingIndexes)
+
+    def _plan(self, spec: CollectionSpec) -> None:
+        if self.store.has_plan(self.name, spec.ns.full):
+            return
+        coll = self.src[spec.ns.db][spec.ns.coll]
+        est_docs, _est_bytes = estimated_size(self.src, spec.ns)
+        capped = bool(spec.options.get("capped"))
+        if capped:
+            ranges = [IdRange("*")]  # insertion order matters: one partition, natural order
+        else:
+            ranges = plan_ranges(coll, self.cfg.tuning.partition_docs, total=est_docs or None)
+        per = max(1, est_docs // max(1, len(ranges)))
+        parts = [
+            Partition(
+                _id=f"{self.name}|{spec.ns.full}|{i:06d}",
+                migration=self.name,
+                ns=spec.ns.full,
+                seq=i,
+                est_docs=per,
+                **r.to_record(),
+            )
+            for i, r in enumerate(ranges)
+        ]
+        self.store.add_partitions(parts)
+
+    # -- copying ------------------------------------------------------------
+    def run(self, workers: int | None = None) -> CloneStats:
+        """Copy partitions with ``workers`` threads until the plan has none left for us."""
+        n = workers or self.cfg.tuning.workers
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="clone") as pool:
+            futures = [pool.submit(self._worker_loop, errors) for _ in range(n)]
+            for f in futures:
+                f.result()
+        if errors:
+            raise errors[0]
+        return self.stats
+
+    def _worker_loop(self, errors: list[BaseException]) -> None:
+        while not self.stop_event.is_set() and not errors:
+            part = self.store.claim_partition(self.name, self.owner, LEASE_SECONDS)
+            if part is None:
+                return
+            try:
+                self.copy_partition(part)
+            except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+                self.store.release_partition(part.id, self.owner) if not isinstance(exc, DocumentRejectedError) else None
+                self.stop_event.set()
+                errors.append(exc)
+                return
+
+    def copy_partition(self, part: Partition) -> None:
+        """Copy one partition, retrying transient errors; redoing it is idempotent."""
+        attempts = self.cfg.tuning.retry_attempts
+        for attempt in range(attempts + 1):
+            try:
+                docs, nbytes = self._copy_once(part, clear_first=part.attempts > 1 or attempt > 0)
+                self.store.finish_partition(part.id, self.owner, docs, nbytes)
+                with self._lock:
+                    self.stats.docs += docs
+                    self.stats.bytes += nbytes
+                    self.stats.partitions += 1
+                return
+            except LiveMigrateError:
+                raise
+            except PyMongoError as exc:
+                err = classify(exc, part.ns)
+                if not isinstance(err, TransientError) or attempt >= attempts:
+                    raise err from None
+                log.warning("partition %s: %s; retrying (%d/%d)", part.id, err, attempt + 1, attempts)
+                backoff_sleep(attempt, self.cfg.tuning.retry_max_seconds)
+        raise TransientError(f"{part.ns}: partition {part.seq} kept failing")  # pragma: no cover
+
+    def _copy_once(self, part: Partition, *, clear_first: bool) -> tuple[int, int]:
+        ns = Namespace.parse(part.ns)
+        rng = IdRange.from_record(part.model_dump())
+        flt = rng.filter()
+        src_coll = self.src[ns.db].get_collection(ns.coll, codec_options=RAW)
+        dst_coll = self.dst[ns.db].get_collection(ns.coll, codec_options=RAW)
+        if clear_first:
+            dst_coll.delete_many(flt)  # an interrupted attempt may have written part of it
+        batch: list[RawBSONDocument] = []
+        size = docs = nbytes = 0
+        limit = self.cfg.tuning.batch_bytes
+        cursor = src_coll.find(flt, batch_size=2000)
+        if rng.bracket == "*":
+            cursor = cursor.sort("$natural", 1)
+        try:
+            for doc in cursor:
+                n = len(doc.raw)
+                if batch and (size + n > limit or len(batch) >= MAX_BATCH_DOCS):
+                    self._insert(dst_coll, part.ns, batch)
+                    docs += len(batch)
+                    nbytes += size
+                    batch, size = [], 0
+                    self.store.partition_progress(part.id, self.owner, docs, nbytes, LEASE_SECONDS)
+                    self.progress("clone", part.ns, docs, part.est_docs, {"bytes": float(nbytes)})
+                    if self.stop_event.is_set():
+                        raise InterruptedError("clone stopped")
+                batch.append(doc)
+                size += n
+            if batch:
+                self._insert(dst_coll, part.ns, batch)
+                docs += len(batch)
+                nbytes += size
+        finally:
+            cursor.close()
+        self.progress("clone", part.ns, docs, part.est_docs, {"bytes": float(nbytes)})
+        return docs, nbytes
+
+    @staticmethod
+    def _insert(coll: Any, ns: str, batch: list[RawBSONDocument]) -> None:
+        try:
+            coll.insert_many(batch, ordered=False, bypass_document_validation=True)
+        except BulkWriteError as exc:
+            real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+            if real:
+                first = real[0]
+                bad_id = batch[first["index"]]["_id"] if "index" in first else "?"
+                raise DocumentRejectedError(
+                    f"{ns}: the destination rejected the document with _id {bad_id!r}: {first.get('errmsg', '')[:200]}",
+                    remedy="fix or remove that document on the source, then resume the migration",
+                ) from None
+            # 11000 on _id: already copied by an earlier attempt; the change stream will converge it.
+
+    # -- after the copy -----------------------------------------------------
+    def finish(self) -> list[dict[str, Any]]:
+        """Build indexes (unique and TTL held back, recorded for cutover) and create views."""
+        specs, _ = list_specs(self.src, self.nsfilter)
+        restores: list[dict[str, Any]] = []
+        for spec in specs:
+            if spec.is_view:
+                continue
+            restores.extend(build_indexes(self.dst, spec.ns, spec.indexes))
+        create_views(self.dst, [s for s in specs if s.is_view])
+        current = {(r["ns"], r["name"]): r for r in self.store.load(self.name).index_restores}
+        for r in restores:
+            current[(r["ns"], r["name"])] = r
+        self.store.update(self.name, index_restores=list(current.values()), clone_finished_at=utcnow())
+        return restores
+
+
+def build_indexes(dst: MongoClient[Any], ns: Namespace, indexes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Create indexes on the destination in their sync-safe form; return the restores owed at cutover."""
+    restores: list[dict[str, Any]] = []
+    models = []
+    for spec in indexes:
+        if spec.get("name") == "_id_" or spec.get("clustered"):
+            continue
+        build, restore = index_for_sync(spec)
+        key = build.pop("key")
+        key_list = list(key.items()) if isinstance(key, Mapping) else [tuple(k) for k in key]
+        models.append({"key": dict(key_list), **build})
+        if restore:
+            restores.append({"ns": ns.full, "name": spec["name"], **restore})
+    if models:
+        try:
+            dst[ns.db].command({"createIndexes": ns.coll, "indexes": models})
+        except OperationFailure as exc:
+            # One at a time, so a single unsupported index is named and the rest still get built.
+            for m in models:
+                try:
+                    dst[ns.db].command({"createIndexes": ns.coll, "indexes": [m]})
+                except OperationFailure as one:
+                    if one.code in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: already there
+                        continue
+                    raise TerminalError(f"{ns}: cannot build index {m.get('name')!r} on the destination: {one.details.get('errmsg') if one.details else one}") from None
+            log.debug("batch index build fell back to one-by-one: %s", exc)
+    return restores
+
+
+def create_views(dst: MongoClient[Any], views: list[CollectionSpec]) -> None:
+    """Create views, retrying in rounds so a view on another view finds its source."""
+    pending = list(views)
+    for _ in range(len(pending) + 1):
+        if not pending:
+            return
+        left = []
+        for v in pending:
+            opts = creation_options(v)
+            try:
+                dst[v.ns.db].command({"create": v.ns.coll, **opts})
+            except OperationFailure as exc:
+                if exc.code == 48:  # exists
+                    continue
+                left.append(v)
+        if len(left) == len(pending):
+            break
+        pending = left
+    if pending:
+        raise TerminalError(f"cannot create views on the destination: {', '.join(v.ns.full for v in pending)}")
+
+
+def restore_indexes(dst: MongoClient[Any], restores: list[dict[str, Any]]) -> list[str]:
+    """At cutover: make unique indexes unique again and give TTL indexes their real expiry."""
+    done = []
+    for r in restores:
+        ns = Namespace.parse(r["ns"])
+        db = dst[ns.db]
+        if ns.coll not in db.list_collection_names(filter={"name": ns.coll}):
+            continue
+        names = {i["name"] for i in db[ns.coll].list_indexes()}
+        if r["name"] not in names:
+            continue
+        if "expireAfterSeconds" in r:
+            db.command({"collMod": ns.coll, "index": {"name": r["name"], "expireAfterSeconds": r["expireAfterSeconds"]}})
+        if r.get("unique"):
+            db.command({"collMod": ns.coll, "index": {"name": r["name"], "prepareUnique": True}})
+            try:
+                db.command({"collMod": ns.coll, "index": {"name": r["name"], "unique": True}})
+            except OperationFailure as exc:
+                raise TerminalError(
+                    f"{ns}: index {r['name']!r} cannot be made unique again: the destination holds duplicates ({exc.code})",
+                    remedy="the destination differs from the source; run `livemigrate verify` to see where",
+                ) from None
+        done.append(f"{ns}.{r['name']}")
+    return done
+
+
+def shard_collection(dst: MongoClient[Any], entries: list[Any], supporting_indexes: bool) -> None:
+    """shardCollection for each configured entry (mongosync's shardingEntries shape)."""
+    for e in entries:
+        ns = f"{e.database}.{e.collection}"
+        key = dict(e.shardCollection.key)
+        if supporting_indexes:
+            dst[e.database][e.collection].create_index(list(key.items()))
+        try:
+            dst.admin.command({"enableSharding": e.database})
+        except OperationFailure:
+            pass  # already enabled / implicit on newer servers
+        try:
+            dst.admin.command({"shardCollection": ns, "key": key})
+        except OperationFailure as exc:
+            if "already sharded" not in str(exc):
+                raise TerminalError(f"{ns}: shardCollection failed on the destination: {exc.details.get('errmsg') if exc.details else exc}") from None
+
+
+def balancer_stop(src: MongoClient[Any]) -> bool:
+    """Stop a sharded source's balancer; True when it was stopped by us."""
+    if src.admin.command("hello").get("msg") != "isdbgrid":
+        return False
+    src.admin.command({"balancerStop": 1})
+    return True
+
+
+def balancer_start(src: MongoClient[Any]) -> None:
+    src.admin.command({"balancerStart": 1})
+
+
+def raw_id_key(doc: RawBSONDocument) -> bytes:
+    """Bytes that identify a document's _id exactly (type included)."""
+    return encode({"_id": doc["_id"]})
+
+
+__all__ = ["Callable", "Cloner", "balancer_start", "balancer_stop", "restore_indexes"]

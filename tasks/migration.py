@@ -1,0 +1,386 @@
+"""One migration from start to finish, as plain Python: begin, clone, sync, cut over, cancel, expire.
+
+Why: flows, the CLI, the demo and the tests all drive the same engine object;
+Prefect only wraps these calls.  Each step records its effect in the metadata
+store before the next starts, so a crash at any point resumes from there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson.timestamp import Timestamp
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure, PyMongoError
+
+from tasks.clone import CloneStats, Cloner, balancer_start, balancer_stop, restore_indexes
+from tasks.config import MigrationConfig
+from tasks.errors import LiveMigrateError, PhaseError, TerminalError
+from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
+from tasks.mongo import connect_side, describe_endpoint, latest_optime
+from tasks.progress import ProgressSink, null_sink
+from tasks.state import ACTIVE, TERMINAL, Checkpoint, Decision, MigrationDoc, Phase, utcnow
+from tasks.sync import SyncRunner, open_start_point, ts_dict
+
+log = logging.getLogger(__name__)
+
+
+class CutoverRefused(LiveMigrateError):  # noqa: N818 - a refusal, not a failure
+    """The cutover was asked for at a moment it cannot safely happen (lag too high, wrong phase)."""
+
+    exit_code = 1
+
+
+@dataclass
+class CutoverResult:
+    destination_ready_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    warnings: list[str] = field(default_factory=list)
+    verification: dict[str, Any] | None = None
+    phase: Phase = Phase.CUTTING_OVER
+
+
+VerifyFn = Callable[[MigrationDoc], dict[str, Any]]
+"""Runs the final verification; returns a summary with at least {"equal": bool}."""
+
+
+class Migration:
+    """Drives one named migration between two connected deployments."""
+
+    def __init__(
+        self,
+        config: MigrationConfig,
+        source: MongoClient[Any] | None = None,
+        dest: MongoClient[Any] | None = None,
+        *,
+        progress: ProgressSink = null_sink,
+    ) -> None:
+        self.cfg = config
+        self.name = config.name
+        self._own_clients = source is None or dest is None
+        self.src = source if source is not None else connect_side(config, "source")
+        self.dst = dest if dest is not None else connect_side(config, "destination")
+        self.store = MetadataStore(self.dst)
+        self.owner = process_owner()
+        self.progress = progress
+        self.runner: SyncRunner | None = None
+        self._heartbeat: LockHeartbeat | None = None
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        if self._own_clients:
+            self.src.close()
+            self.dst.close()
+
+    def __enter__(self) -> Migration:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- begin ------------------------------------------------------------------
+    def begin(self, *, restart: bool = False, flow_run_id: str | None = None) -> MigrationDoc:
+        """Create (or resume) the migration record, take the lock, store the change-stream start point."""
+        doc = self.store.get(self.name)
+        if doc is not None and doc.phase in TERMINAL:
+            if not restart:
+                raise TerminalError(
+                    f"migration {self.name!r} already ended ({doc.phase.value})",
+                    remedy="use --restart (with clear_destination: true) or a new name to migrate again",
+                )
+            archived = self.store.archive(self.name)
+            log.info("archived ended migration %s as %s", self.name, archived)
+            doc = None
+        self.store.acquire_lock(self.name, self.owner, self.cfg.tuning.lock_timeout_seconds)
+        self._heartbeat = LockHeartbeat(self.store, self.name, self.owner, self.cfg.tuning.lock_timeout_seconds / 4)
+        self._heartbeat.__enter__()
+        if doc is None:
+            rules = self.cfg.namespaces
+            doc = self.store.create(
+                MigrationDoc(
+                    _id=self.name,
+                    source=describe_endpoint(self.cfg.source_uri()),
+                    destination=describe_endpoint(self.cfg.destination_uri()),
+                    namespaces={"include": list(rules.include), "exclude": list(rules.exclude)},
+                )
+            )
+        if flow_run_id:
+            doc = self.store.update(self.name, flow_run_id=flow_run_id)
+        if doc.phase == Phase.FAILED:
+            doc = self.store.set_phase(self.name, Phase.CLONING if not doc.clone_finished_at else Phase.SYNCING, error=None)
+        if doc.start_token is None and doc.start_time is None:
+            # Before reading any data: every write from here on reaches the destination through the sync.
+            token, optime = open_start_point(self.src)
+            doc = self.store.update(self.name, start_token=token, start_time=ts_dict(optime))
+            self.store.save_checkpoint(Checkpoint(_id=self.name, token=token, cluster_time=ts_dict(optime)))
+            try:
+                if balancer_stop(self.src):
+                    doc = self.store.update(self.name, balancer_stopped=True)
+            except OperationFailure as exc:
+                raise TerminalError(f"cannot stop the source balancer: {exc.details.get('errmsg') if exc.details else exc}") from None
+        if doc.phase == Phase.CREATED:
+            doc = self.store.set_phase(self.name, Phase.CLONING)
+        return doc
+
+    # -- clone ------------------------------------------------------------------
+    def cloner(self) -> Cloner:
+        return Cloner(self.cfg, self.src, self.dst, self.store, self.owner, self.progress)
+
+    def clone(self, workers: int | None = None, wait_for_others_s: float = 3600.0) -> CloneStats:
+        """Prepare, copy every partition (with other workers, if any), then build indexes and views."""
+        doc = self.store.load(self.name)
+        if doc.phase != Phase.CLONING:
+            return CloneStats()
+        cloner = self.cloner()
+        cloner.prepare()
+        stats = cloner.run(workers)
+        deadline = time.monotonic() + wait_for_others_s
+        while self.store.unfinished_partitions(self.name):
+            if time.monotonic() > deadline:
+                raise TerminalError("clone partitions held by other workers did not finish in time")
+            time.sleep(0.5)
+            stats2 = cloner.run(1)  # reclaim partitions of workers that died
+            stats.docs += stats2.docs
+            stats.bytes += stats2.bytes
+        cloner.finish()
+        self.store.set_phase(self.name, Phase.SYNCING)
+        return stats
+
+    # -- sync -------------------------------------------------------------------
+    def start_sync(self, on_tick: Callable[[Any], None] | None = None) -> SyncRunner:
+        if self.runner is None or not self.runner.alive():
+            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=on_tick)
+            self.runner.start()
+        return self.runner
+
+    def wait_ready(self, timeout: float) -> bool:
+        runner = self.start_sync()
+        return runner.wait(lambda st: st.ready, timeout)
+
+    # -- decisions ----------------------------------------------------------------
+    def record_decision(self, decision: Decision) -> None:
+        self.store.push(self.name, "decisions", decision)
+
+    def extend(self, approver: str, reason: str = "") -> MigrationDoc:
+        doc = self.store.load(self.name)
+        if doc.phase != Phase.SYNCING:
+            raise CutoverRefused(f"migration {self.name!r} is {doc.phase.value}: only a syncing migration's window can be extended")
+        closes = (doc.window_closes_at or utcnow()).replace(tzinfo=dt.UTC) + dt.timedelta(hours=self.cfg.cutover.extension_hours)
+        self.record_decision(Decision(action="extend", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds))
+        return self.store.update(self.name, window_closes_at=closes, extensions=doc.extensions + 1)
+
+    def window_left(self) -> float | None:
+        doc = self.store.load(self.name)
+        if doc.window_closes_at is None:
+            return None
+        return (doc.window_closes_at.replace(tzinfo=dt.UTC) - dt.datetime.now(dt.UTC)).total_seconds()
+
+    def _wind_down(self, doc: MigrationDoc, warnings: list[str]) -> None:
+        """Stop the sync, restart the balancer (warn on failure), release the lock."""
+        if self.runner is not None:
+            self.runner.stop()
+        if doc.balancer_stopped:
+            try:
+                balancer_start(self.src)
+                self.store.update(self.name, balancer_stopped=False)
+            except PyMongoError as exc:
+                msg = f"the source balancer could not be restarted ({type(exc).__name__}): restart it by hand with sh.startBalancer()"
+                warnings.append(msg)
+                self.store.push(self.name, "warnings", msg)
+                log.warning(msg)
+        self.store.release_lock(self.name)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    def cancel(self, approver: str, reason: str = "") -> MigrationDoc:
+        doc = self.store.load(self.name)
+        if doc.phase in TERMINAL:
+            return doc
+        self.record_decision(Decision(action="cancel", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds))
+        warnings: list[str] = []
+        self._wind_down(doc, warnings)
+        self._unblock_writes(doc)
+        return self.store.set_phase(self.name, Phase.CANCELLED, completed_at=utcnow())
+
+    def expire(self) -> MigrationDoc:
+        doc = self.store.load(self.name)
+        if doc.phase in TERMINAL:
+            return doc
+        warnings: list[str] = []
+        self._wind_down(doc, warnings)
+        return self.store.set_phase(
+            self.name,
+            Phase.EXPIRED,
+            error="the cutover window passed without a cutover: the sync stopped; the destination keeps its data. "
+            "To migrate again, run `livemigrate migrate --config FILE --restart` with clear_destination: true",
+        )
+
+    def fail(self, exc: LiveMigrateError) -> None:
+        try:
+            doc = self.store.load(self.name)
+            if doc.phase in ACTIVE:
+                self.store.set_phase(self.name, Phase.FAILED, error=exc.one_line())
+        except (PyMongoError, LiveMigrateError):
+            log.warning("could not record the failure in the metadata store")
+
+    # -- cutover ----------------------------------------------------------------
+    def check_cutover_allowed(self) -> MigrationDoc:
+        doc = self.store.load(self.name)
+        if doc.phase != Phase.SYNCING:
+            raise CutoverRefused(f"migration {self.name!r} is {doc.phase.value}, not syncing: no cutover")
+        lag = self.runner.state.lag_seconds if self.runner is not None else doc.lag.lag_seconds
+        if lag is None or lag > self.cfg.cutover.max_lag_seconds:
+            raise CutoverRefused(
+                f"cutover refused: lag is {'unknown' if lag is None else f'{lag:.1f}s'}, above max_lag_seconds "
+                f"{self.cfg.cutover.max_lag_seconds:g}",
+                remedy="wait until the lag is under the limit (livemigrate describe), then ask again",
+            )
+        return doc
+
+    def cutover(self, approver: str, reason: str, verify: VerifyFn) -> CutoverResult:
+        """Block writes (or watch them stop), drain to zero optime gap, verify, finalize."""
+        doc = self.check_cutover_allowed()
+        self.record_decision(Decision(action="cutover", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds))
+        doc = self.store.set_phase(self.name, Phase.CUTTING_OVER)
+        runner = self.start_sync()
+        result = CutoverResult()
+        blocked = self._block_writes()
+        try:
+            if not blocked:
+                self._wait_source_quiet(result)
+            target = latest_optime(self.src)
+            drained = runner.wait(lambda st: runner.applied_through(target), self.cfg.cutover.drain_timeout_seconds)
+            if not drained:
+                raise TerminalError(
+                    f"the sync did not reach the source's last write within {self.cfg.cutover.drain_timeout_seconds:g}s",
+                    remedy="check the lag with `livemigrate describe` and ask for the cutover again",
+                )
+            runner.stop()
+            if runner.state.error is not None:
+                raise runner.state.error
+            doc = self.store.load(self.name)
+            summary = verify(doc)
+            result.verification = summary
+            self.store.update(self.name, last_verification=summary)
+            if not summary.get("equal"):
+                raise TerminalError(
+                    "final verification found differences between source and destination",
+                    remedy="see the verification report; the migration is marked failed and nothing was finalized",
+                )
+            restore_indexes(self.dst, doc.index_restores)
+            result.destination_ready_at = utcnow()
+            self.store.update(self.name, index_restores=[], destination_ready_at=result.destination_ready_at)
+            log.info("destination ready to accept writes")
+            self._wind_down(doc, result.warnings)
+            result.completed_at = utcnow()
+            self.store.set_phase(self.name, Phase.COMPLETE, completed_at=result.completed_at)
+            result.phase = Phase.COMPLETE
+            log.info("migration complete")
+            return result
+        except BaseException as exc:
+            if blocked:
+                self._unblock_writes(self.store.load(self.name))
+            if isinstance(exc, LiveMigrateError):
+                self.fail(exc)
+            raise
+
+    def _block_writes(self) -> bool:
+        """setUserWriteBlockMode on the source where supported and permitted."""
+        try:
+            self.src.admin.command({"setUserWriteBlockMode": 1, "global": True})
+        except OperationFailure as exc:
+            log.info("source write blocking unavailable (%s): watching the source's optime instead", exc.code)
+            return False
+        self.store.update(self.name, write_blocked=True)
+        return True
+
+    def _unblock_writes(self, doc: MigrationDoc) -> None:
+        if not doc.write_blocked:
+            return
+        try:
+            self.src.admin.command({"setUserWriteBlockMode": 1, "global": False})
+            self.store.update(self.name, write_blocked=False)
+        except PyMongoError as exc:
+            msg = f"could not unblock writes on the source ({type(exc).__name__}): run setUserWriteBlockMode with global: false"
+            self.store.push(self.name, "warnings", msg)
+            log.error(msg)
+
+    def _wait_source_quiet(self, result: CutoverResult) -> None:
+        """Without write blocking: the application was stopped; confirm the source's optime stands still."""
+        quiet = self.cfg.cutover.quiesce_seconds
+        deadline = time.monotonic() + self.cfg.cutover.drain_timeout_seconds
+        last: Timestamp = latest_optime(self.src)
+        still_since = time.monotonic()
+        warned = False
+        while time.monotonic() - still_since < quiet:
+            if time.monotonic() > deadline:
+                raise TerminalError(
+                    "writes keep arriving on the source: stop the application before cutting over",
+                    remedy="stop every writer to the source, then ask for the cutover again",
+                )
+            time.sleep(min(0.5, quiet / 2 or 0.1))
+            now = latest_optime(self.src)
+            if now != last:
+                if not warned:
+                    msg = f"writes are still arriving on the source (optime moved {last.time}.{last.inc} -> {now.time}.{now.inc})"
+                    log.warning(msg)
+                    result.warnings.append(msg)
+                    warned = True
+                last, still_since = now, time.monotonic()
+
+    # -- describe -----------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return describe(self.store, self.name)
+
+
+def describe(store: MetadataStore, name: str | None) -> dict[str, Any]:
+    """What `livemigrate describe` shows: phase, lag, copy progress, window left, last validation."""
+    doc = store.load(name) if name else store.latest()
+    if doc is None:
+        raise TerminalError("no migration found in the destination's metadata store")
+    clone = store.clone_summary(doc.id)
+    now = dt.datetime.now(dt.UTC)
+    left = (doc.window_closes_at.replace(tzinfo=dt.UTC) - now).total_seconds() if doc.window_closes_at else None
+    return {
+        "schema": "livemigrate.describe/1",
+        "name": doc.id,
+        "phase": doc.phase.value,
+        "source": doc.source,
+        "destination": doc.destination,
+        "ready_to_cut_over": doc.ready and doc.phase == Phase.SYNCING,
+        "lag": doc.lag.model_dump(mode="json"),
+        "clone": {
+            "namespaces": clone,
+            "docs": sum(v["docs"] for v in clone.values()),
+            "bytes": sum(v["bytes"] for v in clone.values()),
+            "partitions": sum(v["partitions"] for v in clone.values()),
+            "partitions_done": sum(v["done"] for v in clone.values()),
+        },
+        "window": {
+            "opens_at": doc.window_opens_at.isoformat() if doc.window_opens_at else None,
+            "closes_at": doc.window_closes_at.isoformat() if doc.window_closes_at else None,
+            "seconds_left": left,
+            "extensions": doc.extensions,
+        },
+        "decisions": [d.model_dump(mode="json") for d in doc.decisions],
+        "warnings": doc.warnings,
+        "unsupported": doc.unsupported,
+        "pending_index_restores": len(doc.index_restores),
+        "last_validation": (doc.last_validation or {}).get("summary") if doc.last_validation else None,
+        "last_verification": doc.last_verification,
+        "destination_ready_at": doc.destination_ready_at.isoformat() if doc.destination_ready_at else None,
+        "completed_at": doc.completed_at.isoformat() if doc.completed_at else None,
+        "error": doc.error,
+        "flow_run_id": doc.flow_run_id,
+    }
+
+
+__all__ = ["CutoverRefused", "CutoverResult", "Migration", "PhaseError", "describe"]

@@ -1,0 +1,351 @@
+"""Continuous sync: read the source's change stream, apply it, checkpoint, measure lag.
+
+Why: the destination must follow the source until cutover, survive crashes and
+restarts without losing an event, and say how far behind it is.  The resume
+token is stored only after every earlier event is applied (each batch is
+applied completely, across all lanes, before its token is written with
+majority write concern).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+from pymongo.synchronous.change_stream import ClusterChangeStream
+
+from tasks.apply import Applier, ApplyStats
+from tasks.config import MigrationConfig
+from tasks.errors import FCVChangedError, HistoryLostError, LiveMigrateError, TransientError, classify
+from tasks.metadata import MetadataStore
+from tasks.mongo import latest_optime
+from tasks.namespaces import NamespaceFilter
+from tasks.progress import RateMeter
+from tasks.state import Checkpoint, Lag, utcnow
+
+log = logging.getLogger(__name__)
+
+EVENT_CODEC = CodecOptions(document_class=RawBSONDocument)
+
+
+def ts_dict(ts: Timestamp | None) -> dict[str, int] | None:
+    return {"t": ts.time, "i": ts.inc} if ts is not None else None
+
+
+def ts_from(d: dict[str, int] | None) -> Timestamp | None:
+    return Timestamp(d["t"], d["i"]) if d else None
+
+
+def token_dict(token: Any) -> dict[str, Any] | None:
+    if token is None:
+        return None
+    return dict(token.items()) if hasattr(token, "items") else dict(token)
+
+
+def fcv(client: MongoClient[Any]) -> str | None:
+    try:
+        res = client.admin.command({"getParameter": 1, "featureCompatibilityVersion": 1})
+        return str(res["featureCompatibilityVersion"]["version"])
+    except (PyMongoError, KeyError):
+        return None
+
+
+def open_start_point(source: MongoClient[Any]) -> tuple[dict[str, Any], Timestamp]:
+    """Open the cluster-wide change stream once and return its resume point (before any data is read)."""
+    optime = latest_optime(source)
+    with source.watch([], show_expanded_events=True) as stream:
+        stream.try_next()  # make sure the cursor exists on the server
+        token = token_dict(stream.resume_token)
+    if token is None:
+        raise TransientError("source returned no resume token for the change stream")
+    return token, optime
+
+
+@dataclass
+class SyncState:
+    """Live numbers the runner exposes (read by flows, describe and metrics)."""
+
+    applied_events: int = 0
+    applied_time: Timestamp | None = None
+    source_time: Timestamp | None = None
+    lag_seconds: float | None = None
+    events_per_second: float = 0.0
+    catch_up_seconds: float | None = None
+    under_lag_since: float | None = None
+    ready: bool = False
+    error: LiveMigrateError | None = None
+    running: bool = False
+    stats: ApplyStats = field(default_factory=ApplyStats)
+
+
+class SyncRunner:
+    """Applies the change stream until stopped; safe to run in a background thread."""
+
+    def __init__(
+        self,
+        config: MigrationConfig,
+        source: MongoClient[Any],
+        dest: MongoClient[Any],
+        store: MetadataStore,
+        on_tick: Callable[[SyncState], None] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.name = config.name
+        self.src = source
+        self.dst = dest
+        self.store = store
+        self.nsfilter = NamespaceFilter.from_rules(config.namespaces)
+        self.state = SyncState()
+        self.stop_event = threading.Event()
+        self.on_tick = on_tick
+        self._thread: threading.Thread | None = None
+        self._rate = RateMeter()
+        self._last_persist = 0.0
+        self._last_fcv_check = 0.0
+        self._fcv: tuple[str | None, str | None] | None = None
+        self._changed = threading.Condition()
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        self.stop_event.clear()
+        self._thread = threading.Thread(target=self._thread_main, name=f"sync-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _thread_main(self) -> None:
+        try:
+            self.run()
+        except LiveMigrateError as exc:
+            self.state.error = exc
+            log.error("sync stopped: %s", exc.one_line())
+        except Exception as exc:  # noqa: BLE001 - surfaced through state.error
+            self.state.error = classify(exc)
+            log.error("sync stopped: %s", self.state.error)
+        finally:
+            with self._changed:
+                self._changed.notify_all()
+
+    # -- the loop -------------------------------------------------------------
+    def run(self) -> None:
+        """Follow the stream until stop_event; retry transient errors from the last checkpoint."""
+        self.state.running = True
+        failures = 0
+        applier = Applier(self.dst, self.nsfilter, self.cfg.tuning.sync_lanes, source=self.src)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._follow(applier)
+                    failures = 0
+                except LiveMigrateError:
+                    raise
+                except PyMongoError as exc:
+                    err = classify(exc, "change stream")
+                    if isinstance(err, HistoryLostError):
+                        raise err from None
+                    if not isinstance(err, TransientError):
+                        raise err from None
+                    failures += 1
+                    if failures > self.cfg.tuning.retry_attempts:
+                        raise TransientError(f"sync gave up after {failures} failures: {err}") from None
+                    delay = min(self.cfg.tuning.retry_max_seconds, 0.5 * 2**failures)
+                    log.warning("sync: %s; reconnecting in %.1fs (%d)", err, delay, failures)
+                    self.stop_event.wait(delay)
+        finally:
+            applier.close()
+            self.state.running = False
+            self._persist(force=True)
+
+    def _open_stream(self) -> Any:
+        cp = self.store.load_checkpoint(self.name)
+        doc = self.store.load(self.name)
+        kwargs: dict[str, Any] = {}
+        if cp is not None and cp.token:
+            kwargs["start_after"] = cp.token
+            self.state.applied_events = max(self.state.applied_events, cp.applied_events)
+            self.state.applied_time = self.state.applied_time or ts_from(cp.cluster_time)
+        elif doc.start_token:
+            kwargs["start_after"] = doc.start_token
+        elif doc.start_time:
+            kwargs["start_at_operation_time"] = ts_from(doc.start_time)
+        else:
+            raise HistoryLostError(f"migration {self.name!r} has no change stream start point")
+        return _watch_raw(self.src, self.nsfilter, self.cfg.tuning.sync_batch_events, kwargs)
+
+    def _follow(self, applier: Applier) -> None:
+        with self._open_stream() as stream:
+            limit = self.cfg.tuning.sync_batch_events
+            while not self.stop_event.is_set():
+                self._check_fcv()
+                before = latest_optime(self.src) if self.state.lag_seconds is None or self.state.lag_seconds < 5 else None
+                batch: list[Any] = []
+                deadline = time.monotonic() + 0.5
+                while len(batch) < limit and time.monotonic() < deadline:
+                    ev = stream.try_next()
+                    if ev is None:
+                        break
+                    batch.append(ev)
+                applied_time = self.state.applied_time
+                if batch:
+                    applier.apply(batch, self.state.stats)
+                    self._record_index_changes()
+                    applied_time = batch[-1].get("clusterTime") or applied_time
+                elif before is not None and (applied_time is None or before > applied_time):
+                    # An empty getMore: every event up to `before` has been seen (and applied).
+                    applied_time = before
+                self._checkpoint(stream.resume_token, applied_time, self.state.applied_events + len(batch))
+                # Published only once applied and checkpointed: waiters may rely on it.
+                self.state.applied_events += len(batch)
+                self.state.applied_time = applied_time
+                self._measure()
+
+    def _record_index_changes(self) -> None:
+        st = self.state.stats
+        if not st.index_restores and not st.index_drops:
+            return
+        doc = self.store.load(self.name)
+        current = {(r["ns"], r["name"]): r for r in doc.index_restores}
+        for r in st.index_restores:
+            current[(r["ns"], r["name"])] = {**current.get((r["ns"], r["name"]), {}), **r}
+        for key in st.index_drops:
+            current.pop(key, None)
+        self.store.update(self.name, index_restores=list(current.values()))
+        st.index_restores, st.index_drops = [], []
+
+    def _checkpoint(self, token: Any, applied_time: Timestamp | None, applied_events: int) -> None:
+        if token is None:
+            return
+        cp = Checkpoint(
+            _id=self.name,
+            token=token_dict(token),
+            cluster_time=ts_dict(applied_time),
+            applied_events=applied_events,
+        )
+        self.store.save_checkpoint(cp)
+
+    def _check_fcv(self) -> None:
+        now = time.monotonic()
+        if now - self._last_fcv_check < 10:
+            return
+        self._last_fcv_check = now
+        cur = (fcv(self.src), fcv(self.dst))
+        if self._fcv is None:
+            self._fcv = cur
+        elif cur != self._fcv and None not in cur:
+            raise FCVChangedError(
+                f"featureCompatibilityVersion changed during the migration (source {self._fcv[0]} -> {cur[0]}, "
+                f"destination {self._fcv[1]} -> {cur[1]})"
+            )
+
+    def _measure(self) -> None:
+        st = self.state
+        try:
+            st.source_time = latest_optime(self.src)
+        except PyMongoError:
+            return
+        if st.source_time is not None and st.applied_time is not None:
+            st.lag_seconds = float(max(0, st.source_time.time - st.applied_time.time))
+            if st.source_time <= st.applied_time:
+                st.lag_seconds = 0.0
+        st.events_per_second = self._rate.update(st.applied_events)
+        if st.lag_seconds is not None:
+            st.catch_up_seconds = 0.0 if st.lag_seconds == 0 else (st.lag_seconds if st.events_per_second > 0 else None)
+            if st.lag_seconds <= self.cfg.cutover.max_lag_seconds:
+                st.under_lag_since = st.under_lag_since or time.monotonic()
+                if time.monotonic() - st.under_lag_since >= self.cfg.cutover.ready_after_seconds:
+                    st.ready = True
+            else:
+                st.under_lag_since = None
+        self._persist()
+        if self.on_tick:
+            self.on_tick(st)
+        with self._changed:
+            self._changed.notify_all()
+
+    def _persist(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_persist < 2.0:
+            return
+        self._last_persist = now
+        st = self.state
+        lag = Lag(
+            lag_seconds=st.lag_seconds,
+            events_per_second=round(st.events_per_second, 2),
+            catch_up_seconds=st.catch_up_seconds,
+            applied_events=st.applied_events,
+            applied_time=st.applied_time.time if st.applied_time else None,
+            source_time=st.source_time.time if st.source_time else None,
+            updated_at=utcnow(),
+        )
+        fields: dict[str, Any] = {"lag": lag}
+        if st.ready:
+            doc = self.store.load(self.name)
+            if not doc.ready:
+                now_dt = utcnow()
+                fields.update(
+                    ready=True,
+                    ready_since=now_dt,
+                    window_opens_at=now_dt,
+                    window_closes_at=now_dt + dt.timedelta(hours=self.cfg.cutover.window_hours),
+                )
+        try:
+            self.store.update(self.name, **fields)
+        except PyMongoError as exc:
+            log.warning("could not persist lag: %s", type(exc).__name__)
+
+    # -- waiting ----------------------------------------------------------------
+    def wait(self, predicate: Callable[[SyncState], bool], timeout: float) -> bool:
+        """Block until predicate(state) holds, the sync fails, or timeout passes."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                if self.state.error is not None:
+                    raise self.state.error
+                if predicate(self.state):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, 0.5))
+
+    def applied_through(self, ts: Timestamp) -> bool:
+        return self.state.applied_time is not None and self.state.applied_time >= ts
+
+
+def _watch_raw(source: MongoClient[Any], nsfilter: NamespaceFilter, batch: int, kwargs: dict[str, Any]) -> Any:
+    """A cluster-wide change stream whose events (and documents) stay raw BSON."""
+    admin = source.get_database("admin", codec_options=EVENT_CODEC)
+    stream = ClusterChangeStream(
+        admin,
+        [nsfilter.change_stream_match()],
+        "updateLookup",
+        kwargs.get("resume_after"),
+        200,  # max_await_time_ms
+        batch,
+        None,  # collation
+        kwargs.get("start_at_operation_time"),
+        None,  # session
+        kwargs.get("start_after"),
+        None,  # comment
+        None,  # full_document_before_change
+        show_expanded_events=True,
+    )
+    stream._initialize_cursor()
+    return stream

@@ -1,0 +1,133 @@
+"""Test helpers: configs for the test servers and byte-for-byte comparison."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bson import encode
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+from pydantic import SecretStr
+from pymongo import MongoClient
+
+from tasks.config import MigrationConfig, config_from_dict
+
+RAWC = CodecOptions(document_class=RawBSONDocument)
+
+
+def make_config(src_uri: str, dst_uri: str, db: str, **over: Any) -> MigrationConfig:
+    data: dict[str, Any] = {
+        "name": over.pop("name", f"m-{db}"[:60]),
+        "source": {"uri": src_uri},
+        "destination": {"uri": dst_uri},
+        "namespaces": {"include": [f"{db}.*", f"{db}_*.*"]},
+        "cutover": {"max_lag_seconds": 5, "ready_after_seconds": 0.5, "drain_timeout_seconds": 60, "quiesce_seconds": 0.5},
+        "tuning": {"workers": 2, "partition_docs": 1000, "connect_timeout_seconds": 5, "lock_timeout_seconds": 10},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            data[k] = {**data[k], **v}
+        else:
+            data[k] = v
+    cfg = config_from_dict(data)
+    assert isinstance(cfg.source.uri, SecretStr)
+    return cfg
+
+
+def raw_docs(client: MongoClient[Any], db: str, coll: str) -> dict[bytes, bytes]:
+    """{encoded _id: raw document bytes} for a whole collection."""
+    c = client[db].get_collection(coll, codec_options=RAWC)
+    return {encode({"_id": d["_id"]}): bytes(d.raw) for d in c.find()}
+
+
+def assert_same_data(src: MongoClient[Any], dst: MongoClient[Any], dbs: list[str]) -> int:
+    """Every collection in ``dbs`` is byte-for-byte equal on both sides; returns the documents compared."""
+    n = 0
+    for db in dbs:
+        s_colls = sorted(c["name"] for c in src[db].list_collections() if c.get("type") != "view")
+        d_colls = sorted(c["name"] for c in dst[db].list_collections() if c.get("type") != "view")
+        assert s_colls == d_colls, f"{db}: collections differ: {s_colls} vs {d_colls}"
+        for coll in s_colls:
+            a, b = raw_docs(src, db, coll), raw_docs(dst, db, coll)
+            missing = a.keys() - b.keys()
+            extra = b.keys() - a.keys()
+            changed = [k for k in a.keys() & b.keys() if a[k] != b[k]]
+            assert not missing and not extra and not changed, (
+                f"{db}.{coll}: {len(missing)} missing, {len(extra)} extra, {len(changed)} changed"
+            )
+            n += len(a)
+    return n
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+class Writer(threading.Thread):
+    """A concurrent writer: inserts, $set/$unset/$inc/$push updates, replaces, deletes, unique swaps."""
+
+    def __init__(self, client: MongoClient[Any], db: str, seed: int = 1, rate_sleep: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.client, self.db, self.seed, self.rate_sleep = client, db, seed, rate_sleep
+        self.stop_event = threading.Event()
+        self.ops = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        import random
+
+        rnd = random.Random(self.seed)
+        coll = self.client[self.db]["live"]
+        uniq = self.client[self.db]["uniq"]
+        next_id = 100_000
+        try:
+            while not self.stop_event.is_set():
+                k = rnd.randrange(0, 300)
+                r = rnd.random()
+                if r < 0.25:
+                    coll.insert_one({"_id": next_id, "v": rnd.random(), "tags": []})
+                    next_id += 1
+                elif r < 0.45:
+                    coll.update_one({"_id": k}, {"$set": {"s": rnd.random()}, "$inc": {"n": 1}})
+                elif r < 0.55:
+                    coll.update_one({"_id": k}, {"$unset": {"s": ""}, "$push": {"tags": rnd.randrange(10)}})
+                elif r < 0.65:
+                    coll.replace_one({"_id": k}, {"_id": k, "replaced": True, "r": rnd.random()}, upsert=True)
+                elif r < 0.75:
+                    coll.delete_one({"_id": rnd.randrange(0, next_id)})
+                elif r < 0.85:
+                    # swap the unique 'email' values of two documents (transient duplicates on the way)
+                    a, b = rnd.sample(range(50), 2)
+                    da, db_ = uniq.find_one({"_id": a}), uniq.find_one({"_id": b})
+                    if da and db_:
+                        uniq.update_one({"_id": a}, {"$set": {"email": f"tmp-{a}-{self.ops}"}})
+                        uniq.update_one({"_id": b}, {"$set": {"email": da["email"]}})
+                        uniq.update_one({"_id": a}, {"$set": {"email": db_["email"]}})
+                else:
+                    coll.update_many({"_id": {"$lt": 20}}, {"$inc": {"bulk": 1}})
+                self.ops += 1
+                if self.rate_sleep:
+                    time.sleep(self.rate_sleep)
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+
+    def stop(self) -> int:
+        self.stop_event.set()
+        self.join(30)
+        if self.error:
+            raise self.error
+        return self.ops
+
+
+def seed_writer_data(client: MongoClient[Any], db: str) -> None:
+    client[db]["live"].insert_many([{"_id": i, "v": i, "tags": [], "n": 0} for i in range(300)])
+    client[db]["uniq"].insert_many([{"_id": i, "email": f"user{i}@example.com"} for i in range(50)])
+    client[db]["uniq"].create_index("email", unique=True)
