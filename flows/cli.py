@@ -67,6 +67,81 @@ def verify(
     raise typer.Exit(verify_cli(config, as_json=as_json, report_dir=report, ignore_field_order=ignore_field_order))
 
 
+NameOpt = Annotated[str | None, typer.Option("--name", help="Migration name (default: the config's, or the latest).")]
+
+
+@app.command()
+def migrate(
+    config: ConfigOpt,
+    restart: Annotated[bool, typer.Option("--restart", help="Start an ended migration of the same name over.")] = False,
+    skip_prechecks: Annotated[bool, typer.Option("--skip-prechecks", help="Do not run the prechecks first.")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the final verification report here.")] = None,
+) -> None:
+    """Start (or resume) the migrate flow: prechecks, clone, sync, then wait for the cutover decision."""
+    from flows.operate import migrate_cli
+
+    raise typer.Exit(migrate_cli(config, restart=restart, skip_prechecks=skip_prechecks, report_dir=report))
+
+
+@app.command()
+def describe(config: ConfigOpt, as_json: JsonOpt = False, name: NameOpt = None) -> None:
+    """Phase, lag, copy progress, cutover window left and last validation."""
+    from flows.operate import describe_cli
+
+    raise typer.Exit(describe_cli(config, as_json=as_json, name=name))
+
+
+@app.command()
+def cutover(
+    config: ConfigOpt,
+    approver: Annotated[str | None, typer.Option("--approver", help="Who approves (default: $USER).")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why, recorded with the decision.")] = "",
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve the cutover of a migration that is ready (refused while the lag is too high)."""
+    from flows.operate import decision_cli
+
+    raise typer.Exit(decision_cli(config, "cutover", approver=approver, reason=reason, yes=yes, as_json=as_json))
+
+
+@app.command()
+def extend(
+    config: ConfigOpt,
+    approver: Annotated[str | None, typer.Option("--approver", help="Who decides (default: $USER).")] = None,
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Extend the cutover window (24 hours by default)."""
+    from flows.operate import decision_cli
+
+    raise typer.Exit(decision_cli(config, "extend", approver=approver, reason=reason, yes=True, as_json=as_json))
+
+
+@app.command()
+def cancel(
+    config: ConfigOpt,
+    approver: Annotated[str | None, typer.Option("--approver", help="Who decides (default: $USER).")] = None,
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel: stop the sync, restart the source balancer, release the lock."""
+    from flows.operate import decision_cli
+
+    raise typer.Exit(decision_cli(config, "cancel", approver=approver, reason=reason, yes=True, as_json=as_json))
+
+
+@app.command("clone-worker")
+def clone_worker(
+    config: ConfigOpt,
+    workers: Annotated[int | None, typer.Option("--workers", help="Threads in this worker.")] = None,
+) -> None:
+    """Join a running migration's clone as an extra worker process."""
+    from flows.operate import clone_worker_cli
+
+    raise typer.Exit(clone_worker_cli(config, workers=workers))
+
+
 def main() -> None:
     app()
 

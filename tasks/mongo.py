@@ -7,6 +7,7 @@ involved without leaking the password or the full URI.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeC
 """Codec for data paths: documents stay raw BSON bytes and are never decoded."""
 
 APP_NAME = "livemigrate"
+_BOOKKEEPING_NS = re.compile(r"^(admin|config|local)\.")
 
 
 def describe_endpoint(uri: str, side: str = "") -> str:
@@ -120,7 +122,21 @@ def server_version(client: MongoClient[Any]) -> tuple[int, ...]:
 
 
 def latest_optime(client: MongoClient[Any]) -> Any:
-    """The deployment's latest operation time (a bson Timestamp)."""
+    """The time of the deployment's latest write (a bson Timestamp).
+
+    Read from the newest oplog entry that is a real write (not a no-op, not the
+    server's own bookkeeping in admin/config/local): ``hello``'s lastWrite is not
+    reliable across servers (SecantusDB advances it on every command).  Falls
+    back to ``hello`` when the oplog cannot be read.
+    """
+    try:
+        entry = client.local["oplog.rs"].find_one(
+            {"op": {"$ne": "n"}, "ns": {"$not": _BOOKKEEPING_NS}}, {"ts": 1}, sort=[("$natural", -1)]
+        )
+        if entry is not None:
+            return entry["ts"]
+    except PyMongoError:
+        pass
     hello = client.admin.command("hello")
     last = hello.get("lastWrite", {}).get("opTime", {}).get("ts")
     if last is not None:

@@ -1,0 +1,98 @@
+"""Prefect artifacts for a migration: progress bars, lag and decision reports.
+
+Why: people watching a migration in the Prefect UI see the same numbers the
+CLI shows; updates are throttled (every few seconds, never per batch).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from tasks.progress import Throttle
+
+log = logging.getLogger(__name__)
+
+
+def artifact_key(name: str, what: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    safe = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+    return f"{safe}-{what}"[:100]
+
+
+class CloneProgressArtifact:
+    """A progress artifact fed by the engine's (stage, key, done, total) reports."""
+
+    def __init__(self, name: str, total_docs: int) -> None:
+        self.name = name
+        self.total = max(1, total_docs)
+        self.by_ns: dict[str, tuple[int, int]] = {}
+        self.artifact_id: UUID | None = None
+        try:
+            self.artifact_id = create_progress_artifact(0.0, key=artifact_key(name, "clone-progress"), description=f"Clone of {name}")
+        except Exception as exc:  # noqa: BLE001 - artifacts are best effort, the copy is not
+            log.warning("could not create the progress artifact: %s", type(exc).__name__)
+        self._throttle = Throttle(3.0, self._push)
+
+    def __call__(self, stage: str, key: str, done: int, total: int, extra: dict[str, float]) -> None:
+        self.by_ns[key] = (done, total)
+        self._throttle.maybe()
+
+    def _push(self) -> None:
+        if self.artifact_id is None:
+            return
+        done = sum(d for d, _ in self.by_ns.values())
+        try:
+            update_progress_artifact(self.artifact_id, min(100.0, 100.0 * done / self.total))
+        except Exception as exc:  # noqa: BLE001
+            log.debug("progress artifact update failed: %s", exc)
+
+    def finish(self) -> None:
+        if self.artifact_id is not None:
+            try:
+                update_progress_artifact(self.artifact_id, 100.0)
+            except Exception:  # noqa: BLE001
+                log.debug("progress artifact final update failed")
+
+
+def markdown(name: str, what: str, text: str, description: str = "") -> None:
+    try:
+        create_markdown_artifact(text, key=artifact_key(name, what), description=description or what)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not create the %s artifact: %s", what, type(exc).__name__)
+
+
+def table(name: str, what: str, rows: list[dict[str, Any]], description: str = "") -> None:
+    try:
+        create_table_artifact(rows, key=artifact_key(name, what), description=description or what)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not create the %s artifact: %s", what, type(exc).__name__)
+
+
+def status_markdown(d: dict[str, Any]) -> str:
+    """A short report of `describe`'s output for artifacts and the pause form."""
+    lag = d["lag"]
+    win = d["window"]
+    left = win.get("seconds_left")
+    left_s = f"{left / 3600:.1f} h" if left is not None else "not open yet"
+    lines = [
+        f"### Migration `{d['name']}`: {d['phase']}",
+        "",
+        f"- **Lag (optime gap):** {lag.get('lag_seconds')} s, {lag.get('events_per_second')} events/s applied,"
+        f" {lag.get('applied_events')} events in all",
+        f"- **Copied:** {d['clone']['docs']} documents, {d['clone']['bytes']} bytes in"
+        f" {d['clone']['partitions_done']}/{d['clone']['partitions']} partitions",
+        f"- **Cutover window left:** {left_s} (extensions: {win.get('extensions')})",
+        f"- **Source:** {d['source']}  **Destination:** {d['destination']}",
+    ]
+    if d.get("warnings"):
+        lines += ["", "**Warnings:**"] + [f"- {w}" for w in d["warnings"]]
+    return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""CLI commands that run or steer a migration: migrate, describe, cutover/extend/cancel, clone-worker.
+
+Why: an on-call engineer's terminal must give the same decisions as the Prefect
+UI form.  A decision goes through Prefect's API when this process can reach the
+flow run's server, and otherwise through the metadata store, where the running
+flow picks it up and resumes itself with the same input.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from flows.common import cli_guard, load_resolved
+from tasks.errors import EXIT_FAILED, EXIT_OK
+from tasks.metadata import MetadataStore
+from tasks.migration import describe
+from tasks.mongo import connect_side
+from tasks.state import Phase
+
+log = logging.getLogger(__name__)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+@cli_guard
+def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir: Path | None) -> int:
+    from flows.migrate import migrate_flow
+
+    load_resolved(config)  # fail fast, with exit 2, on a broken file or link
+    err.print(f"[bold]livemigrate[/]: starting the migrate flow for {config} (approve with `livemigrate cutover --config {config}`)")
+    result: dict[str, Any] = migrate_flow(
+        config=str(config), restart=restart, skip_prechecks=skip_prechecks, report_dir=str(report_dir) if report_dir else None
+    )
+    phase = result.get("phase")
+    out.print(f"migration [bold]{result.get('name')}[/] ended: [bold]{phase}[/]")
+    cut = result.get("cutover") or {}
+    if cut:
+        out.print(f"destination ready to accept writes: {cut.get('destination_ready_at')}")
+        out.print(f"migration complete: {cut.get('completed_at')}")
+        for w in cut.get("warnings", []):
+            out.print(f"[yellow]warning:[/] {w}")
+    return EXIT_OK if phase in ("complete", "cancelled") else EXIT_FAILED
+
+
+@cli_guard
+def describe_cli(config: Path, *, as_json: bool, name: str | None) -> int:
+    cfg = load_resolved(config)
+    with connect_side(cfg, "destination") as dst:
+        d = describe(MetadataStore(dst), name or cfg.name)
+    if as_json:
+        print(json.dumps(d, default=str))
+        return EXIT_OK
+    t = Table(title=f"migration {d['name']}", show_header=False)
+    lag = d["lag"]
+    left = d["window"]["seconds_left"]
+    rows = [
+        ("phase", d["phase"] + (" (ready to cut over)" if d["ready_to_cut_over"] else "")),
+        ("source / destination", f"{d['source']} -> {d['destination']}"),
+        ("copied", f"{d['clone']['docs']} docs, {d['clone']['bytes']} bytes, {d['clone']['partitions_done']}/{d['clone']['partitions']} partitions"),
+        ("lag (optime gap)", f"{lag.get('lag_seconds')} s; {lag.get('events_per_second')} events/s; {lag.get('applied_events')} applied"),
+        ("catch-up estimate", f"{lag.get('catch_up_seconds')} s"),
+        ("cutover window left", f"{left / 3600:.2f} h" if left is not None else "not open yet"),
+        ("last validation", json.dumps(d["last_validation"], default=str) if d["last_validation"] else "none"),
+        ("error", d["error"] or ""),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+    for w in d["warnings"]:
+        out.print(f"[yellow]warning:[/] {w}")
+    return EXIT_OK
+
+
+def _prefect_api_configured() -> bool:
+    try:
+        from prefect.settings import PREFECT_API_URL
+
+        return bool(PREFECT_API_URL.value())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _resume_through_api(flow_run_id: str, payload: dict[str, Any]) -> bool:
+    """Resume the paused flow run with the form's input; False when this process cannot reach it."""
+    if not flow_run_id or not _prefect_api_configured():
+        return False
+    try:
+        from uuid import UUID
+
+        from prefect.client.orchestration import get_client
+        from prefect.flow_runs import resume_flow_run
+
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(UUID(flow_run_id))
+            if fr.state is None or not fr.state.is_paused():
+                return False
+        resume_flow_run(UUID(flow_run_id), run_input=payload)
+        return True
+    except Exception as exc:  # noqa: BLE001 - fall back to the metadata store
+        log.info("resume through the Prefect API failed (%s); queueing the decision", type(exc).__name__)
+        return False
+
+
+@cli_guard
+def decision_cli(config: Path, action: str, *, approver: str | None, reason: str, yes: bool, as_json: bool) -> int:
+    from flows.migrate import CONFIRM_TEXT, decision_input
+
+    cfg = load_resolved(config)
+    who = approver or getpass.getuser()
+    with connect_side(cfg, "destination") as dst:
+        store = MetadataStore(dst)
+        doc = store.load(cfg.name)
+
+        def say(status: str, message: str, code: int) -> int:
+            if as_json:
+                print(json.dumps({"migration": cfg.name, "action": action, "status": status, "message": message}))
+            else:
+                (out if code == 0 else err).print(message)
+            return code
+
+        if action == "cutover" and doc.phase in (Phase.CUTTING_OVER, Phase.COMPLETE):
+            return say("already", f"migration {cfg.name} is already {doc.phase.value}: nothing to do", EXIT_OK)
+        if doc.phase in (Phase.COMPLETE, Phase.CANCELLED, Phase.EXPIRED):
+            return say("refused", f"migration {cfg.name} has ended ({doc.phase.value})", EXIT_FAILED)
+        if action in ("cutover", "extend") and doc.phase != Phase.SYNCING:
+            return say("refused", f"{action} refused: migration {cfg.name} is {doc.phase.value}, not syncing", EXIT_FAILED)
+        if action == "cutover":
+            lag = doc.lag.lag_seconds
+            if not doc.ready or lag is None or lag > cfg.cutover.max_lag_seconds:
+                return say(
+                    "refused",
+                    f"cutover refused: lag is {lag if lag is not None else 'unknown'} s (max {cfg.cutover.max_lag_seconds:g} s)"
+                    + ("" if doc.ready else "; the migration is not ready to cut over yet"),
+                    EXIT_FAILED,
+                )
+            if not yes and not (sys.stdin.isatty() and _confirm(CONFIRM_TEXT)):
+                return say("refused", "cutover not confirmed (pass --yes, or answer the prompt)", EXIT_FAILED)
+        payload = decision_input(action, who, reason, confirm=True)
+        if _resume_through_api(doc.flow_run_id or "", payload):
+            return say("sent", f"{action} sent to flow run {doc.flow_run_id} through the Prefect API (approver {who})", EXIT_OK)
+        store.update(cfg.name, pending_decision=payload)
+        return say("queued", f"{action} queued for the running migrate flow of {cfg.name} (approver {who}); "
+                   "follow it with `livemigrate describe`", EXIT_OK)
+
+
+def _confirm(text: str) -> bool:
+    import typer
+
+    return bool(typer.confirm(text, default=False))
+
+
+@cli_guard
+def clone_worker_cli(config: Path, *, workers: int | None) -> int:
+    from flows.clone_worker import run_clone_worker
+
+    cfg = load_resolved(config)
+    stats = run_clone_worker(cfg, workers)
+    out.print(f"clone worker copied {stats['docs']} documents ({stats['bytes']} bytes) in {stats['partitions']} partitions")
+    return EXIT_OK
