@@ -55,5 +55,8 @@ bench: setup
 soak: setup
 	$(VENV)/bin/python -m pytest -m soak -p no:cacheprovider tests/reliability/test_soak.py
 
+ui: setup
+	scripts/ui.sh
+
 clean:
 	rm -rf $(VENV) $(SECANTUS) .pytest_cache .mypy_cache .ruff_cache

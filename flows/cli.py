@@ -142,6 +142,50 @@ def clone_worker(
     raise typer.Exit(clone_worker_cli(config, workers=workers))
 
 
+LinkNameOpt = Annotated[str, typer.Option("--name", "-n", help="Link name (letters, digits, '-'); a config uses it as `link: NAME`.")]
+
+
+@link_app.command("create")
+def link_create_cmd(
+    name: LinkNameOpt,
+    source_uri: Annotated[
+        str,
+        typer.Option(
+            "--source-uri",
+            envvar="LIVEMIGRATE_SOURCE_URI",
+            prompt="Source URI",
+            hide_input=True,
+            show_default=False,
+            help="mongodb:// or mongodb+srv:// URI of the source; prefer the env var or the prompt to keep it out of shell history.",
+        ),
+    ],
+    dest_uri: Annotated[
+        str,
+        typer.Option(
+            "--dest-uri",
+            envvar="LIVEMIGRATE_DEST_URI",
+            prompt="Destination URI",
+            hide_input=True,
+            show_default=False,
+            help="mongodb:// or mongodb+srv:// URI of the destination (env var or prompt preferred).",
+        ),
+    ],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing link (e.g. after a password rotation).")] = False,
+) -> None:
+    """Save source and destination URIs as Prefect Secret blocks for configs that say `link: NAME`."""
+    from flows.link import link_create_cli
+
+    raise typer.Exit(link_create_cli(name, source_uri, dest_uri, overwrite))
+
+
+@link_app.command("delete")
+def link_delete_cmd(name: LinkNameOpt) -> None:
+    """Delete a link's two Secret blocks (exit 2 when there is no such link)."""
+    from flows.link import link_delete_cli
+
+    raise typer.Exit(link_delete_cli(name))
+
+
 def main() -> None:
     app()
 
