@@ -31,8 +31,10 @@ def artifact_key(name: str, what: str) -> str:
 class CloneProgressArtifact:
     """A progress artifact fed by the engine's (stage, key, done, total) reports."""
 
-    def __init__(self, name: str, total_docs: int) -> None:
+    def __init__(self, name: str, total_docs: int, metrics: Any = None) -> None:
         self.name = name
+        self.metrics = metrics
+        self.by_part: dict[str, tuple[int, int]] = {}
         self.total = max(1, total_docs)
         self.by_ns: dict[str, tuple[int, int]] = {}
         self.artifact_id: UUID | None = None
@@ -43,7 +45,13 @@ class CloneProgressArtifact:
         self._throttle = Throttle(3.0, self._push)
 
     def __call__(self, stage: str, key: str, done: int, total: int, extra: dict[str, float]) -> None:
-        self.by_ns[key] = (done, total)
+        # key is a partition id "migration|db.coll|seq": sum partitions per namespace
+        self.by_part[key] = (done, int(extra.get("bytes", 0)))
+        ns = key.split("|")[1] if key.count("|") == 2 else key
+        parts = [v for k, v in self.by_part.items() if k.split("|")[1:2] == [ns] or k == ns]
+        self.by_ns[ns] = (sum(d for d, _ in parts), sum(b for _, b in parts))
+        if self.metrics is not None:
+            self.metrics.clone_progress(self.name, ns, self.by_ns[ns][0], self.by_ns[ns][1])
         self._throttle.maybe()
 
     def _push(self) -> None:

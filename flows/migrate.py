@@ -25,6 +25,7 @@ from flows.artifacts import CloneProgressArtifact, markdown, status_markdown, ta
 from flows.common import config_param
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
+from tasks.metrics import Metrics
 from tasks.migration import CutoverRefused, Migration, describe
 from tasks.state import Decision, MigrationDoc, Phase
 
@@ -55,8 +56,10 @@ def decision_input(action: str, approver: str, reason: str = "", confirm: bool =
 @task(name="prechecks", cache_policy=NONE)
 def prechecks_stage(cfg: MigrationConfig) -> dict[str, Any]:
     from checks.prechecks import run_prechecks
+    from flows.prechecks import publish_artifacts, resolve_atlas_key
 
-    report = run_prechecks(cfg)
+    report = run_prechecks(resolve_atlas_key(cfg), store=True)
+    publish_artifacts(report)
     summary: dict[str, Any] = report.to_dict()
     if report.failed:
         failed = [c["id"] for c in summary.get("checks", []) if c.get("status") == "fail"]
@@ -76,7 +79,7 @@ def clone_stage(m: Migration) -> dict[str, int]:
 
     specs, _ = list_specs(m.src, NamespaceFilter.from_rules(m.cfg.namespaces), with_indexes=False)
     total = sum(estimated_size(m.src, s.ns)[0] for s in specs if not s.is_view)
-    bar = CloneProgressArtifact(m.name, total)
+    bar = CloneProgressArtifact(m.name, total, getattr(m, "metrics", None))
     m.progress = bar
     stats = m.clone()
     bar.finish()
@@ -207,6 +210,12 @@ def migrate_flow(config: str | dict[str, Any], restart: bool = False, report_dir
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     m = Migration(cfg)
+    metrics = Metrics()
+    m.metrics = metrics  # type: ignore[attr-defined]
+    m.on_tick = lambda st: metrics.sync_tick(cfg.name, st)
+    if cfg.tuning.metrics_port is not None:
+        _, port = metrics.serve(cfg.tuning.metrics_port)
+        logger.info("Prometheus metrics on http://127.0.0.1:%s/metrics", port)
     existing = m.store.get(cfg.name)
     resuming = existing is not None and existing.phase not in (Phase.COMPLETE, Phase.CANCELLED, Phase.EXPIRED)
     if not skip_prechecks and not resuming:
@@ -216,8 +225,9 @@ def migrate_flow(config: str | dict[str, Any], restart: bool = False, report_dir
             m.close()
             raise
     try:
-        begin_stage(m, restart, flow_run_id)
+        metrics.phase(cfg.name, begin_stage(m, restart, flow_run_id))
         clone_stage(m)
+        metrics.phase(cfg.name, Phase.SYNCING.value)
         ready_stage(m)
         n = 0
         with DecisionRelay(m, flow_run_id or "") as relay:
@@ -269,6 +279,10 @@ def migrate_flow(config: str | dict[str, Any], restart: bool = False, report_dir
         m.fail(exc)
         raise
     finally:
+        doc = m.store.get(cfg.name)
+        if doc is not None:
+            metrics.phase(cfg.name, doc.phase.value)
+        metrics.stop()
         m.close()
 
 

@@ -239,7 +239,7 @@ class Cloner:
                     nbytes += size
                     batch, size = [], 0
                     self.store.partition_progress(part.id, self.owner, docs, nbytes, LEASE_SECONDS)
-                    self.progress("clone", part.ns, docs, part.est_docs, {"bytes": float(nbytes)})
+                    self.progress("clone", part.id, docs, part.est_docs, {"bytes": float(nbytes)})
                     if self.stop_event.is_set():
                         raise InterruptedError("clone stopped")
                 batch.append(doc)
@@ -250,7 +250,7 @@ class Cloner:
                 nbytes += size
         finally:
             cursor.close()
-        self.progress("clone", part.ns, docs, part.est_docs, {"bytes": float(nbytes)})
+        self.progress("clone", part.id, docs, part.est_docs, {"bytes": float(nbytes)})
         return docs, nbytes
 
     @staticmethod

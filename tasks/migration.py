@@ -69,6 +69,7 @@ class Migration:
         self.owner = process_owner()
         self.progress = progress
         self.runner: SyncRunner | None = None
+        self.on_tick: Callable[[Any], None] | None = None  # e.g. metrics, fed from the sync thread
         self._heartbeat: LockHeartbeat | None = None
 
     def close(self) -> None:
@@ -157,7 +158,7 @@ class Migration:
     # -- sync -------------------------------------------------------------------
     def start_sync(self, on_tick: Callable[[Any], None] | None = None) -> SyncRunner:
         if self.runner is None or not self.runner.alive():
-            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=on_tick)
+            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=on_tick or self.on_tick)
             self.runner.start()
         return self.runner
 

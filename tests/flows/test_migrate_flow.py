@@ -157,9 +157,23 @@ def test_refused_while_lagging(prefect_harness: None, pair: tuple[Deployment, De
 
 def test_window_expiry(prefect_harness: None, pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path) -> None:
     src_client[dbname]["c"].insert_one({"_id": 1})
-    path = write_config(tmp_path, pair, dbname, window_hours=4 / 3600)  # a four-second window
+    path = write_config(tmp_path, pair, dbname, window_hours=6 / 3600)  # a six-second window
+    from tasks.localservers import free_port
+
+    port = free_port()
+    data = yaml.safe_load(path.read_text())
+    data["tuning"]["metrics_port"] = port
+    path.write_text(yaml.safe_dump(data))
     name = f"flow-{dbname}"[:60]
     t, store = _start(path, dst_client, name)
+    # While the migration waits for its decision, the Prometheus endpoint serves the named metrics.
+    import urllib.request
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for metric in ("livemigrate_documents_copied", "livemigrate_events_applied", "livemigrate_lag_seconds", "livemigrate_phase"):
+        assert metric in body, metric
+    assert f'livemigrate_documents_copied{{migration="{name}",namespace="{dbname}.c"}} 1.0' in body
+    assert f'livemigrate_phase{{migration="{name}",phase="syncing"}} 1.0' in body
     t.join(60)
     assert t.error is None, t.error
     assert t.result["phase"] == "expired"
