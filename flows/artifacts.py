@@ -39,7 +39,9 @@ class CloneProgressArtifact:
         self.by_ns: dict[str, tuple[int, int]] = {}
         self.artifact_id: UUID | None = None
         try:
-            self.artifact_id = create_progress_artifact(0.0, key=artifact_key(name, "clone-progress"), description=f"Clone of {name}")
+            self.artifact_id = create_progress_artifact(  # type: ignore[assignment]  # sync call returns a UUID
+                0.0, key=artifact_key(name, "clone-progress"), description=f"Clone of {name}"
+            )
         except Exception as exc:  # noqa: BLE001 - artifacts are best effort, the copy is not
             log.warning("could not create the progress artifact: %s", type(exc).__name__)
         self._throttle = Throttle(3.0, self._push)

@@ -23,7 +23,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-link_app = typer.Typer(help="Store connection strings as Prefect Secret blocks (like Atlas's link-token).", no_args_is_help=True)
+link_app = typer.Typer(
+    help="Store connection strings as Prefect Secret blocks (like Atlas's link-token).", no_args_is_help=True
+)
 app.add_typer(link_app, name="link")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Migration config YAML file.")]
@@ -38,10 +40,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log engine progress to stderr.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -59,7 +65,9 @@ def verify(
     config: ConfigOpt,
     as_json: JsonOpt = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write Data Docs HTML and JSON here.")] = None,
-    ignore_field_order: Annotated[bool, typer.Option("--ignore-field-order", help="Report field-order-only differences separately.")] = False,
+    ignore_field_order: Annotated[
+        bool, typer.Option("--ignore-field-order", help="Report field-order-only differences separately.")
+    ] = False,
 ) -> None:
     """Prove the destination equals the source: counts, hashes, indexes, options."""
     from flows.verify import verify_cli
@@ -142,7 +150,9 @@ def clone_worker(
     raise typer.Exit(clone_worker_cli(config, workers=workers))
 
 
-LinkNameOpt = Annotated[str, typer.Option("--name", "-n", help="Link name (letters, digits, '-'); a config uses it as `link: NAME`.")]
+LinkNameOpt = Annotated[
+    str, typer.Option("--name", "-n", help="Link name (letters, digits, '-'); a config uses it as `link: NAME`.")
+]
 
 
 @link_app.command("create")
@@ -170,7 +180,9 @@ def link_create_cmd(
             help="mongodb:// or mongodb+srv:// URI of the destination (env var or prompt preferred).",
         ),
     ],
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing link (e.g. after a password rotation).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing link (e.g. after a password rotation).")
+    ] = False,
 ) -> None:
     """Save source and destination URIs as Prefect Secret blocks for configs that say `link: NAME`."""
     from flows.link import link_create_cli

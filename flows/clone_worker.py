@@ -36,7 +36,9 @@ def run_clone_worker(cfg: MigrationConfig, workers: int | None = None, wait_s: f
             if doc is not None and doc.prepared:
                 break
             if time.monotonic() > deadline:
-                raise TerminalError(f"migration {cfg.name!r} has no clone plan yet", remedy="start `livemigrate migrate` first")
+                raise TerminalError(
+                    f"migration {cfg.name!r} has no clone plan yet", remedy="start `livemigrate migrate` first"
+                )
             time.sleep(0.5)
         cloner = Cloner(cfg, src, dst, store, process_owner())
         stats = cloner.run(workers)

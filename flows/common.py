@@ -28,9 +28,11 @@ def read_secret_block(name: str) -> str:
     try:
         from prefect.blocks.system import Secret
 
-        value = Secret.load(name, _sync=True).get()  # type: ignore[union-attr]
+        value = Secret.load(name, _sync=True).get()  # type: ignore[union-attr,call-arg]  # async_dispatch keyword
     except ValueError:
-        raise ConfigError(f"Prefect Secret block {name!r} not found (create it, or `livemigrate link create`)") from None
+        raise ConfigError(
+            f"Prefect Secret block {name!r} not found (create it, or `livemigrate link create`)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - Prefect API unreachable etc.
         raise ConfigError(f"cannot read Prefect Secret block {name!r}: {type(exc).__name__}") from None
     return str(value)
@@ -74,7 +76,7 @@ def cli_guard(fn: Callable[P, int]) -> Callable[P, int]:
         except KeyboardInterrupt:
             print("livemigrate: interrupted", file=sys.stderr)
             return 130
-        except Exception as exc:  # noqa: BLE001 - the last line of defence: still one line
+        except Exception as exc:
             err = classify(exc)
             log.debug("unexpected error", exc_info=True)
             return emit_error(err, as_json) if isinstance(err, LiveMigrateError) else EXIT_ERROR

@@ -50,7 +50,10 @@ def load_sample(client: MongoClient[Any], n_docs: int) -> dict[str, int]:
                 "since": dt.datetime(2020, 1, 1) + dt.timedelta(days=i % 1500),
                 "vip": i % 17 == 0,
                 "balance": Decimal128(f"{rnd.uniform(0, 5000):.2f}"),
-                "address": {"city": rnd.choice(["Oslo", "Lyon", "Lima", "Pune"]), "zip": f"{rnd.randrange(10000, 99999)}"},
+                "address": {
+                    "city": rnd.choice(["Oslo", "Lyon", "Lima", "Pune"]),
+                    "zip": f"{rnd.randrange(10000, 99999)}",
+                },
                 "loc": [rnd.uniform(-180, 180), rnd.uniform(-90, 90)],
             }
             for i in range(n_cust)
@@ -65,7 +68,9 @@ def load_sample(client: MongoClient[Any], n_docs: int) -> dict[str, int]:
             {
                 "_id": ObjectId(),
                 "customer": rnd.randrange(n_cust),
-                "items": [{"sku": f"SKU-{rnd.randrange(500)}", "qty": rnd.randrange(1, 5)} for _ in range(rnd.randrange(1, 4))],
+                "items": [
+                    {"sku": f"SKU-{rnd.randrange(500)}", "qty": rnd.randrange(1, 5)} for _ in range(rnd.randrange(1, 4))
+                ],
                 "total": rnd.uniform(5, 500),
                 "count": Int64(rnd.randrange(1, 10)),
                 "status": rnd.choice(["new", "paid", "shipped"]),
@@ -82,8 +87,17 @@ def load_sample(client: MongoClient[Any], n_docs: int) -> dict[str, int]:
     shop.create_collection("paid_orders", viewOn="orders", pipeline=[{"$match": {"status": "paid"}}])
     batch = []
     for i in range(n_events):
-        key: Any = str(uuid.UUID(int=rnd.getrandbits(128))) if i % 2 else Binary(uuid.UUID(int=rnd.getrandbits(128)).bytes, 4)
-        batch.append({"_id": key, "kind": rnd.choice(["view", "click", "buy"]), "at": dt.datetime(2024, 6, 1) + dt.timedelta(seconds=i), "score": rnd.random()})
+        key: Any = (
+            str(uuid.UUID(int=rnd.getrandbits(128))) if i % 2 else Binary(uuid.UUID(int=rnd.getrandbits(128)).bytes, 4)
+        )
+        batch.append(
+            {
+                "_id": key,
+                "kind": rnd.choice(["view", "click", "buy"]),
+                "at": dt.datetime(2024, 6, 1) + dt.timedelta(seconds=i),
+                "score": rnd.random(),
+            }
+        )
         if len(batch) == 5000:
             analytics["events"].insert_many(batch)
             batch = []
@@ -110,9 +124,18 @@ class LiveWriter(threading.Thread):
         while not self.stop_event.is_set():
             r = rnd.random()
             if r < 0.4:
-                shop["orders"].insert_one({"customer": rnd.randrange(self.n_cust), "total": rnd.uniform(5, 50), "status": "new", "created": dt.datetime.now()})
+                shop["orders"].insert_one(
+                    {
+                        "customer": rnd.randrange(self.n_cust),
+                        "total": rnd.uniform(5, 50),
+                        "status": "new",
+                        "created": dt.datetime.now(),
+                    }
+                )
             elif r < 0.8:
-                shop["customers"].update_one({"_id": rnd.randrange(self.n_cust)}, {"$inc": {"visits": 1}, "$set": {"seen": dt.datetime.now()}})
+                shop["customers"].update_one(
+                    {"_id": rnd.randrange(self.n_cust)}, {"$inc": {"visits": 1}, "$set": {"seen": dt.datetime.now()}}
+                )
             elif r < 0.9:
                 shop["orders"].update_many({"status": "new", "total": {"$lt": 6}}, {"$set": {"status": "paid"}})
             else:
@@ -138,9 +161,12 @@ def main() -> int:
         console.print("starting two local SecantusDB servers (source and destination) ...")
         pair.start()
         console.print(f"  source      {pair.source.address}\n  destination {pair.destination.address}")
+        src: MongoClient[Any]
         with MongoClient(pair.source.uri()) as src:
             counts = load_sample(src, n_docs)
-            console.print(f"loaded {sum(counts.values())} documents into the source: {counts}, plus a view and a capped log")
+            console.print(
+                f"loaded {sum(counts.values())} documents into the source: {counts}, plus a view and a capped log"
+            )
             cfg_path = out_dir / "demo-migration.yaml"
             cfg_path.write_text(
                 yaml.safe_dump(
@@ -160,12 +186,16 @@ def main() -> int:
             approver.start()
             from flows.migrate import migrate_flow
 
-            console.print("running the [bold]migrate[/] flow: prechecks -> clone -> sync -> approval pause -> cutover -> verification")
+            console.print(
+                "running the [bold]migrate[/] flow: prechecks -> clone -> sync -> approval pause -> cutover -> verification"
+            )
             result = migrate_flow(config=str(cfg_path), report_dir=str(out_dir / "verification"))
         cut = result.get("cutover") or {}
         console.rule("[bold]result")
         console.print(f"phase: [bold]{result['phase']}[/]")
-        console.print(f"copied {result['clone']['docs']} documents; {result['lag']['applied_events']} change events applied")
+        console.print(
+            f"copied {result['clone']['docs']} documents; {result['lag']['applied_events']} change events applied"
+        )
         console.print(f"destination ready to accept writes: {cut.get('destination_ready_at')}")
         console.print(f"migration complete:                 {cut.get('completed_at')}")
         console.print(f"final verification equal: {cut.get('verification_equal')}")
@@ -185,6 +215,7 @@ def _approve_when_ready(cfg_path: Path, pair: ServerPair, writer: LiveWriter) ->
     from flows.operate import decision_cli
     from tasks.metadata import MetadataStore
 
+    dst: MongoClient[Any]
     with MongoClient(pair.destination.uri()) as dst:
         store = MetadataStore(dst)
         while True:
@@ -194,12 +225,16 @@ def _approve_when_ready(cfg_path: Path, pair: ServerPair, writer: LiveWriter) ->
             if doc is not None and doc.phase.value in ("failed", "cancelled", "expired", "complete"):
                 return
             time.sleep(1)
-        console.print(f"[green]ready to cut over[/]: lag {doc.lag.lag_seconds} s; letting the application run 3 s more ...")
+        console.print(
+            f"[green]ready to cut over[/]: lag {doc.lag.lag_seconds} s; letting the application run 3 s more ..."
+        )
         time.sleep(3)
         writer.stop_event.set()
         writer.join(10)
         console.print(f"the engineer stops the application ({writer.ops} writes made during the migration)")
-        console.print("[bold]approving the cutover with `livemigrate cutover --config ... --yes --approver demo-oncall`[/] (the same call the CLI makes)")
+        console.print(
+            "[bold]approving the cutover with `livemigrate cutover --config ... --yes --approver demo-oncall`[/] (the same call the CLI makes)"
+        )
         code = decision_cli(cfg_path, "cutover", approver="demo-oncall", reason="demo", yes=True, as_json=False)
         if code != 0:
             console.print(f"[red]cutover request refused (exit {code}); retrying in 2 s[/]")

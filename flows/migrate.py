@@ -40,7 +40,9 @@ WINDOW_EXPIRED = "__window_expired__"
 class CutoverDecision(RunInput):
     """The form an on-call engineer fills in (Prefect UI) or `livemigrate cutover` sends."""
 
-    action: Literal["cutover", "extend", "cancel"] = Field("cutover", description="cut over now, extend the window by 24 h, or cancel")
+    action: Literal["cutover", "extend", "cancel"] = Field(
+        "cutover", description="cut over now, extend the window by 24 h, or cancel"
+    )
     confirm: bool = Field(False, title=CONFIRM_TEXT, description="required for a cutover")
     approver: str = Field("", description="who decides (recorded with the decision)")
     reason: str = Field("", description="why (recorded with the decision)")
@@ -48,7 +50,7 @@ class CutoverDecision(RunInput):
 
 def decision_input(action: str, approver: str, reason: str = "", confirm: bool = False) -> dict[str, Any]:
     """The run_input the UI form sends; the CLI sends exactly this."""
-    return CutoverDecision(action=action, confirm=confirm, approver=approver, reason=reason).model_dump(  # type: ignore[arg-type]
+    return CutoverDecision(action=action, confirm=confirm, approver=approver, reason=reason).model_dump(
         include={"action", "confirm", "approver", "reason"}
     )
 
@@ -63,7 +65,9 @@ def prechecks_stage(cfg: MigrationConfig) -> dict[str, Any]:
     summary: dict[str, Any] = report.to_dict()
     if report.failed:
         failed = [c["id"] for c in summary.get("checks", []) if c.get("status") == "fail"]
-        raise TerminalError(f"prechecks failed: {', '.join(failed)}", remedy="run `livemigrate validate` for evidence and remedies")
+        raise TerminalError(
+            f"prechecks failed: {', '.join(failed)}", remedy="run `livemigrate validate` for evidence and remedies"
+        )
     return summary
 
 
@@ -189,8 +193,11 @@ def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay) -> CutoverDe
     )
     relay.paused.set()
     try:
-        return pause_flow_run(  # type: ignore[no-any-return]
-            wait_for_input=form, timeout=max(1, int(left if left is not None else 3600)) + 120, poll_interval=POLL_SECONDS, key=f"cutover-{n}"
+        return pause_flow_run(
+            wait_for_input=form,
+            timeout=max(1, int(left if left is not None else 3600)) + 120,
+            poll_interval=POLL_SECONDS,
+            key=f"cutover-{n}",
         )
     except FlowPauseTimeout:
         return None
@@ -199,7 +206,9 @@ def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay) -> CutoverDe
 
 
 @flow(name="migrate", log_prints=False)
-def migrate_flow(config: str | dict[str, Any], restart: bool = False, report_dir: str | None = None, skip_prechecks: bool = False) -> dict[str, Any]:
+def migrate_flow(
+    config: str | dict[str, Any], restart: bool = False, report_dir: str | None = None, skip_prechecks: bool = False
+) -> dict[str, Any]:
     """Migrate one deployment into another with an approval-gated cutover.
 
     ``config`` is the path of the YAML file on the worker (or a mapping without
@@ -245,14 +254,20 @@ def migrate_flow(config: str | dict[str, Any], restart: bool = False, report_dir
                 logger.info("decision: %s by %s", decision.action, decision.approver or "(unnamed)")
                 if decision.action == "extend":
                     m.extend(decision.approver, decision.reason)
-                    markdown(m.name, "decision", f"Window extended by {cfg.cutover.extension_hours:g} h by **{decision.approver}**: {decision.reason}")
+                    markdown(
+                        m.name,
+                        "decision",
+                        f"Window extended by {cfg.cutover.extension_hours:g} h by **{decision.approver}**: {decision.reason}",
+                    )
                     continue
                 if decision.action == "cancel":
                     m.cancel(decision.approver, decision.reason)
                     markdown(m.name, "decision", f"Migration cancelled by **{decision.approver}**: {decision.reason}")
                     return describe(m.store, m.name)
                 if not decision.confirm or not decision.approver.strip():
-                    why = "the confirmation box was not ticked" if not decision.confirm else "no approver name was given"
+                    why = (
+                        "the confirmation box was not ticked" if not decision.confirm else "no approver name was given"
+                    )
                     m.record_decision(Decision(action="cutover-refused", approver=decision.approver, reason=why))
                     markdown(m.name, "decision", f"Cutover refused: {why}.")
                     continue

@@ -35,9 +35,14 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
     from flows.migrate import migrate_flow
 
     load_resolved(config)  # fail fast, with exit 2, on a broken file or link
-    err.print(f"[bold]livemigrate[/]: starting the migrate flow for {config} (approve with `livemigrate cutover --config {config}`)")
+    err.print(
+        f"[bold]livemigrate[/]: starting the migrate flow for {config} (approve with `livemigrate cutover --config {config}`)"
+    )
     result: dict[str, Any] = migrate_flow(
-        config=str(config), restart=restart, skip_prechecks=skip_prechecks, report_dir=str(report_dir) if report_dir else None
+        config=str(config),
+        restart=restart,
+        skip_prechecks=skip_prechecks,
+        report_dir=str(report_dir) if report_dir else None,
     )
     phase = result.get("phase")
     out.print(f"migration [bold]{result.get('name')}[/] ended: [bold]{phase}[/]")
@@ -64,8 +69,14 @@ def describe_cli(config: Path, *, as_json: bool, name: str | None) -> int:
     rows = [
         ("phase", d["phase"] + (" (ready to cut over)" if d["ready_to_cut_over"] else "")),
         ("source / destination", f"{d['source']} -> {d['destination']}"),
-        ("copied", f"{d['clone']['docs']} docs, {d['clone']['bytes']} bytes, {d['clone']['partitions_done']}/{d['clone']['partitions']} partitions"),
-        ("lag (optime gap)", f"{lag.get('lag_seconds')} s; {lag.get('events_per_second')} events/s; {lag.get('applied_events')} applied"),
+        (
+            "copied",
+            f"{d['clone']['docs']} docs, {d['clone']['bytes']} bytes, {d['clone']['partitions_done']}/{d['clone']['partitions']} partitions",
+        ),
+        (
+            "lag (optime gap)",
+            f"{lag.get('lag_seconds')} s; {lag.get('events_per_second')} events/s; {lag.get('applied_events')} applied",
+        ),
         ("catch-up estimate", f"{lag.get('catch_up_seconds')} s"),
         ("cutover window left", f"{left / 3600:.2f} h" if left is not None else "not open yet"),
         ("last validation", json.dumps(d["last_validation"], default=str) if d["last_validation"] else "none"),
@@ -131,7 +142,9 @@ def decision_cli(config: Path, action: str, *, approver: str | None, reason: str
         if doc.phase in (Phase.COMPLETE, Phase.CANCELLED, Phase.EXPIRED):
             return say("refused", f"migration {cfg.name} has ended ({doc.phase.value})", EXIT_FAILED)
         if action in ("cutover", "extend") and doc.phase != Phase.SYNCING:
-            return say("refused", f"{action} refused: migration {cfg.name} is {doc.phase.value}, not syncing", EXIT_FAILED)
+            return say(
+                "refused", f"{action} refused: migration {cfg.name} is {doc.phase.value}, not syncing", EXIT_FAILED
+            )
         if action == "cutover":
             lag = doc.lag.lag_seconds
             if not doc.ready or lag is None or lag > cfg.cutover.max_lag_seconds:
@@ -145,10 +158,16 @@ def decision_cli(config: Path, action: str, *, approver: str | None, reason: str
                 return say("refused", "cutover not confirmed (pass --yes, or answer the prompt)", EXIT_FAILED)
         payload = decision_input(action, who, reason, confirm=True)
         if _resume_through_api(doc.flow_run_id or "", payload):
-            return say("sent", f"{action} sent to flow run {doc.flow_run_id} through the Prefect API (approver {who})", EXIT_OK)
+            return say(
+                "sent", f"{action} sent to flow run {doc.flow_run_id} through the Prefect API (approver {who})", EXIT_OK
+            )
         store.update(cfg.name, pending_decision=payload)
-        return say("queued", f"{action} queued for the running migrate flow of {cfg.name} (approver {who}); "
-                   "follow it with `livemigrate describe`", EXIT_OK)
+        return say(
+            "queued",
+            f"{action} queued for the running migrate flow of {cfg.name} (approver {who}); "
+            "follow it with `livemigrate describe`",
+            EXIT_OK,
+        )
 
 
 def _confirm(text: str) -> bool:
@@ -163,5 +182,7 @@ def clone_worker_cli(config: Path, *, workers: int | None) -> int:
 
     cfg = load_resolved(config)
     stats = run_clone_worker(cfg, workers)
-    out.print(f"clone worker copied {stats['docs']} documents ({stats['bytes']} bytes) in {stats['partitions']} partitions")
+    out.print(
+        f"clone worker copied {stats['docs']} documents ({stats['bytes']} bytes) in {stats['partitions']} partitions"
+    )
     return EXIT_OK

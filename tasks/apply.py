@@ -29,8 +29,12 @@ from tasks.namespaces import NamespaceFilter
 log = logging.getLogger(__name__)
 
 DATA_EVENTS = frozenset({"insert", "update", "replace", "delete"})
-DDL_EVENTS = frozenset({"create", "createIndexes", "dropIndexes", "drop", "dropDatabase", "modify", "rename", "invalidate"})
-IGNORED_EVENTS = frozenset({"shardCollection", "reshardCollection", "refineCollectionShardKey", "startIndexBuild", "abortIndexBuild"})
+DDL_EVENTS = frozenset(
+    {"create", "createIndexes", "dropIndexes", "drop", "dropDatabase", "modify", "rename", "invalidate"}
+)
+IGNORED_EVENTS = frozenset(
+    {"shardCollection", "reshardCollection", "refineCollectionShardKey", "startIndexBuild", "abortIndexBuild"}
+)
 
 
 @dataclass
@@ -239,10 +243,14 @@ class Applier:
                 idx = dict(v)
                 restore: dict[str, Any] = {}
                 if "expireAfterSeconds" in idx:
-                    _, r = index_for_sync({"key": {}, "name": idx.get("name"), "expireAfterSeconds": idx["expireAfterSeconds"]})
+                    _, r = index_for_sync(
+                        {"key": {}, "name": idx.get("name"), "expireAfterSeconds": idx["expireAfterSeconds"]}
+                    )
                     if r:
                         restore.update(r)
-                        idx["expireAfterSeconds"] = index_for_sync({"key": {}, "expireAfterSeconds": 1})[0]["expireAfterSeconds"]
+                        idx["expireAfterSeconds"] = index_for_sync({"key": {}, "expireAfterSeconds": 1})[0][
+                            "expireAfterSeconds"
+                        ]
                 if idx.get("unique"):
                     idx.pop("unique")  # made unique at cutover
                     restore["unique"] = True

@@ -93,7 +93,9 @@ def list_specs(
 def unsupported_reason(kind: str, options: dict[str, Any]) -> str | None:
     """Why a namespace cannot be migrated by this pipeline, or None."""
     if "encryptedFields" in options:
-        return "Queryable Encryption collections are not migrated (their encrypted state collections are server-managed)"
+        return (
+            "Queryable Encryption collections are not migrated (their encrypted state collections are server-managed)"
+        )
     if kind not in ("collection", "view", "timeseries"):
         return f"collections of type {kind!r} are not migrated"
     return None

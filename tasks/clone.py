@@ -84,7 +84,7 @@ class Cloner:
         """
         doc = self.store.load(self.name)
         if doc.prepared:
-            return [Unsupported(**u) for u in doc.unsupported]  # type: ignore[arg-type]
+            return [Unsupported(**u) for u in doc.unsupported]
         specs, unsupported = list_specs(self.src, self.nsfilter)
         collections = [s for s in specs if not s.is_view]
         wanted = [s.ns.full for s in specs]
@@ -132,7 +132,9 @@ class Cloner:
             pass  # already there (resumed)
         except OperationFailure as exc:
             if exc.code != 48:  # NamespaceExists
-                raise TerminalError(f"cannot create {spec.ns} on the destination: {exc.details.get('errmsg') if exc.details else exc}") from None
+                raise TerminalError(
+                    f"cannot create {spec.ns} on the destination: {exc.details.get('errmsg') if exc.details else exc}"
+                ) from None
 
     def _shard_destination(self, specs: list[CollectionSpec]) -> None:
         """Replica set -> sharded: shard each configured collection before any data arrives."""
@@ -189,7 +191,9 @@ class Cloner:
             try:
                 self.copy_partition(part)
             except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
-                self.store.release_partition(part.id, self.owner) if not isinstance(exc, DocumentRejectedError) else None
+                self.store.release_partition(part.id, self.owner) if not isinstance(
+                    exc, DocumentRejectedError
+                ) else None
                 self.stop_event.set()
                 errors.append(exc)
                 return
@@ -309,7 +313,9 @@ def build_indexes(dst: MongoClient[Any], ns: Namespace, indexes: list[dict[str, 
                 except OperationFailure as one:
                     if one.code in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: already there
                         continue
-                    raise TerminalError(f"{ns}: cannot build index {m.get('name')!r} on the destination: {one.details.get('errmsg') if one.details else one}") from None
+                    raise TerminalError(
+                        f"{ns}: cannot build index {m.get('name')!r} on the destination: {one.details.get('errmsg') if one.details else one}"
+                    ) from None
             log.debug("batch index build fell back to one-by-one: %s", exc)
     return restores
 
@@ -348,7 +354,9 @@ def restore_indexes(dst: MongoClient[Any], restores: list[dict[str, Any]]) -> li
         if r["name"] not in names:
             continue
         if "expireAfterSeconds" in r:
-            db.command({"collMod": ns.coll, "index": {"name": r["name"], "expireAfterSeconds": r["expireAfterSeconds"]}})
+            db.command(
+                {"collMod": ns.coll, "index": {"name": r["name"], "expireAfterSeconds": r["expireAfterSeconds"]}}
+            )
         if r.get("unique"):
             db.command({"collMod": ns.coll, "index": {"name": r["name"], "prepareUnique": True}})
             try:
@@ -377,7 +385,9 @@ def shard_collection(dst: MongoClient[Any], entries: list[Any], supporting_index
             dst.admin.command({"shardCollection": ns, "key": key})
         except OperationFailure as exc:
             if "already sharded" not in str(exc):
-                raise TerminalError(f"{ns}: shardCollection failed on the destination: {exc.details.get('errmsg') if exc.details else exc}") from None
+                raise TerminalError(
+                    f"{ns}: shardCollection failed on the destination: {exc.details.get('errmsg') if exc.details else exc}"
+                ) from None
 
 
 def balancer_stop(src: MongoClient[Any]) -> bool:

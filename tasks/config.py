@@ -150,7 +150,7 @@ class MigrationConfig(_Strict):
     clear_destination: bool = False
     cutover: Cutover = Field(default_factory=Cutover)
     tuning: Tuning = Field(default_factory=Tuning)
-    metadata_db: Literal["__livemigrate"] = METADATA_DB
+    metadata_db: Literal["__livemigrate"] = "__livemigrate"
 
     @field_validator("name")
     @classmethod
@@ -201,7 +201,9 @@ def link_block_name(link: str, side: str) -> str:
 
 def _require(uri: SecretStr | None, side: str) -> str:
     if uri is None:
-        raise ConfigError(f"{side}.uri: not resolved (the URI comes from a Secret block or link; run through the CLI or a flow)")
+        raise ConfigError(
+            f"{side}.uri: not resolved (the URI comes from a Secret block or link; run through the CLI or a flow)"
+        )
     return uri.get_secret_value()
 
 

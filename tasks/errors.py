@@ -127,13 +127,20 @@ def classify(exc: BaseException, where: str = "") -> LiveMigrateError:
     if isinstance(exc, pe.OperationFailure):
         code = exc.code or 0
         text = _short(exc)
-        if code in _HISTORY_LOST_CODES or "history lost" in text.lower() or "resume point may no longer be in the oplog" in text.lower():
+        if (
+            code in _HISTORY_LOST_CODES
+            or "history lost" in text.lower()
+            or "resume point may no longer be in the oplog" in text.lower()
+        ):
             return HistoryLostError(f"{prefix}change stream history lost ({text})")
-        if code in (18, 13) or isinstance(exc, pe.WriteError) and code == 13:
+        if code in (18, 13) or (isinstance(exc, pe.WriteError) and code == 13):
             return ConnectError(f"{prefix}{'authentication failed' if code == 18 else 'not authorized'}: {text}")
-        if code in _TRANSIENT_CODES or exc.has_error_label("RetryableWriteError") or exc.has_error_label(
-            "ResumableChangeStreamError"
-        ) or exc.has_error_label("TransientTransactionError"):
+        if (
+            code in _TRANSIENT_CODES
+            or exc.has_error_label("RetryableWriteError")
+            or exc.has_error_label("ResumableChangeStreamError")
+            or exc.has_error_label("TransientTransactionError")
+        ):
             return TransientError(f"{prefix}{text}")
         return TerminalError(f"{prefix}{text}")
     if isinstance(exc, pe.ConfigurationError | pe.InvalidURI):

@@ -166,7 +166,9 @@ class LocalServer:
         return "(no log)"
 
 
-def create_user(server: LocalServer, user: str, password: str, roles: list[Any], mechanisms: list[str] | None = None) -> None:
+def create_user(
+    server: LocalServer, user: str, password: str, roles: list[Any], mechanisms: list[str] | None = None
+) -> None:
     with server.admin_client() as c:
         cmd: dict[str, Any] = {"createUser": user, "pwd": password, "roles": roles}
         if mechanisms:

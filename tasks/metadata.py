@@ -181,7 +181,9 @@ class MetadataStore:
             ) from None
 
     def heartbeat(self, name: str, owner: str) -> bool:
-        res = self.locks.update_one({"_id": LOCK_ID, "holder": name}, {"$set": {"heartbeat_at": utcnow(), "owner": owner}})
+        res = self.locks.update_one(
+            {"_id": LOCK_ID, "holder": name}, {"$set": {"heartbeat_at": utcnow(), "owner": owner}}
+        )
         return res.matched_count == 1
 
     def release_lock(self, name: str) -> None:
@@ -216,7 +218,10 @@ class MetadataStore:
         """Atomically take the next partition to copy: a new one, or one whose worker died."""
         now = utcnow()
         lease = now + dt.timedelta(seconds=lease_s)
-        update = {"$set": {"status": PartitionStatus.PROCESSING.value, "owner": owner, "lease_until": lease}, "$inc": {"attempts": 1}}
+        update = {
+            "$set": {"status": PartitionStatus.PROCESSING.value, "owner": owner, "lease_until": lease},
+            "$inc": {"attempts": 1},
+        }
         raw = self.partitions.find_one_and_update(
             {"migration": name, "status": PartitionStatus.ADDED.value},
             update,
@@ -262,7 +267,7 @@ class MetadataStore:
     def clone_summary(self, name: str) -> dict[str, dict[str, int]]:
         """Per namespace: partitions total/done, docs and bytes copied, estimated docs."""
         out: dict[str, dict[str, int]] = {}
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"migration": name}},
             {
                 "$group": {
@@ -285,7 +290,9 @@ class MetadataStore:
 
     # -- reports ----------------------------------------------------------
     def save_report(self, name: str, kind: str, report: dict[str, Any]) -> None:
-        self.reports.insert_one({"migration": name, "kind": kind, "at": utcnow(), "schema_version": SCHEMA_VERSION, "report": report})
+        self.reports.insert_one(
+            {"migration": name, "kind": kind, "at": utcnow(), "schema_version": SCHEMA_VERSION, "report": report}
+        )
 
     def last_report(self, name: str, kind: str) -> dict[str, Any] | None:
         raw = self.reports.find_one({"migration": name, "kind": kind}, sort=[("at", -1)])

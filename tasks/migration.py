@@ -18,7 +18,7 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from tasks.clone import CloneStats, Cloner, balancer_start, balancer_stop, restore_indexes
+from tasks.clone import Cloner, CloneStats, balancer_start, balancer_stop, restore_indexes
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, PhaseError, TerminalError
 from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
@@ -107,7 +107,7 @@ class Migration:
             rules = self.cfg.namespaces
             doc = self.store.create(
                 MigrationDoc(
-                    _id=self.name,
+                    id=self.name,
                     source=describe_endpoint(self.cfg.source_uri()),
                     destination=describe_endpoint(self.cfg.destination_uri()),
                     namespaces={"include": list(rules.include), "exclude": list(rules.exclude)},
@@ -116,17 +116,21 @@ class Migration:
         if flow_run_id:
             doc = self.store.update(self.name, flow_run_id=flow_run_id)
         if doc.phase == Phase.FAILED:
-            doc = self.store.set_phase(self.name, Phase.CLONING if not doc.clone_finished_at else Phase.SYNCING, error=None)
+            doc = self.store.set_phase(
+                self.name, Phase.CLONING if not doc.clone_finished_at else Phase.SYNCING, error=None
+            )
         if doc.start_token is None and doc.start_time is None:
             # Before reading any data: every write from here on reaches the destination through the sync.
             token, optime = open_start_point(self.src)
             doc = self.store.update(self.name, start_token=token, start_time=ts_dict(optime))
-            self.store.save_checkpoint(Checkpoint(_id=self.name, token=token, cluster_time=ts_dict(optime)))
+            self.store.save_checkpoint(Checkpoint(id=self.name, token=token, cluster_time=ts_dict(optime)))
             try:
                 if balancer_stop(self.src):
                     doc = self.store.update(self.name, balancer_stopped=True)
             except OperationFailure as exc:
-                raise TerminalError(f"cannot stop the source balancer: {exc.details.get('errmsg') if exc.details else exc}") from None
+                raise TerminalError(
+                    f"cannot stop the source balancer: {exc.details.get('errmsg') if exc.details else exc}"
+                ) from None
         if doc.phase == Phase.CREATED:
             doc = self.store.set_phase(self.name, Phase.CLONING)
         return doc
@@ -173,9 +177,15 @@ class Migration:
     def extend(self, approver: str, reason: str = "") -> MigrationDoc:
         doc = self.store.load(self.name)
         if doc.phase != Phase.SYNCING:
-            raise CutoverRefused(f"migration {self.name!r} is {doc.phase.value}: only a syncing migration's window can be extended")
-        closes = (doc.window_closes_at or utcnow()).replace(tzinfo=dt.UTC) + dt.timedelta(hours=self.cfg.cutover.extension_hours)
-        self.record_decision(Decision(action="extend", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds))
+            raise CutoverRefused(
+                f"migration {self.name!r} is {doc.phase.value}: only a syncing migration's window can be extended"
+            )
+        closes = (doc.window_closes_at or utcnow()).replace(tzinfo=dt.UTC) + dt.timedelta(
+            hours=self.cfg.cutover.extension_hours
+        )
+        self.record_decision(
+            Decision(action="extend", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds)
+        )
         return self.store.update(self.name, window_closes_at=closes, extensions=doc.extensions + 1)
 
     def window_left(self) -> float | None:
@@ -205,7 +215,9 @@ class Migration:
         doc = self.store.load(self.name)
         if doc.phase in TERMINAL:
             return doc
-        self.record_decision(Decision(action="cancel", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds))
+        self.record_decision(
+            Decision(action="cancel", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds)
+        )
         warnings: list[str] = []
         self._wind_down(doc, warnings)
         self._unblock_writes(doc)
@@ -249,7 +261,9 @@ class Migration:
     def cutover(self, approver: str, reason: str, verify: VerifyFn) -> CutoverResult:
         """Block writes (or watch them stop), drain to zero optime gap, verify, finalize."""
         doc = self.check_cutover_allowed()
-        self.record_decision(Decision(action="cutover", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds))
+        self.record_decision(
+            Decision(action="cutover", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds)
+        )
         doc = self.store.set_phase(self.name, Phase.CUTTING_OVER)
         runner = self.start_sync()
         result = CutoverResult()

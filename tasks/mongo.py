@@ -164,4 +164,6 @@ def connect_side(config: Any, side: str, **kwargs: Any) -> MongoClient[Any]:
     """Connect to config.source or config.destination with the configured timeout and CA file."""
     ep = config.source if side == "source" else config.destination
     uri = config.source_uri() if side == "source" else config.destination_uri()
-    return connect(uri, side=side, tls_ca_file=ep.tls_ca_file, timeout_s=config.tuning.connect_timeout_seconds, **kwargs)
+    return connect(
+        uri, side=side, tls_ca_file=ep.tls_ca_file, timeout_s=config.tuning.connect_timeout_seconds, **kwargs
+    )

@@ -80,7 +80,14 @@ class IdRange:
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> IdRange:
         types = list(rec["types"])
-        return cls(types[0], rec.get("lower"), rec.get("upper"), bool(rec.get("has_lower")), bool(rec.get("has_upper")), tuple(types[1:]))
+        return cls(
+            types[0],
+            rec.get("lower"),
+            rec.get("upper"),
+            bool(rec.get("has_lower")),
+            bool(rec.get("has_upper")),
+            tuple(types[1:]),
+        )
 
 
 def plan_ranges(coll: Collection[Any], target_docs: int, total: int | None = None) -> list[IdRange]:
@@ -95,7 +102,7 @@ def plan_ranges(coll: Collection[Any], target_docs: int, total: int | None = Non
         return [IdRange(ALL)]
     n_parts = math.ceil(total / target_docs)
     sample_size = min(total, max(100, n_parts * 20))
-    pipeline = [
+    pipeline: list[dict[str, Any]] = [
         {"$sample": {"size": sample_size}},
         {"$project": {"_id": 1, "t": {"$type": "$_id"}}},
         {"$sort": {"_id": 1}},
@@ -110,7 +117,9 @@ def plan_ranges(coll: Collection[Any], target_docs: int, total: int | None = Non
     return ranges_from_samples(by_bracket, total, sample_size, target_docs)
 
 
-def ranges_from_samples(by_bracket: dict[str, list[Any]], total: int, sample_size: int, target_docs: int) -> list[IdRange]:
+def ranges_from_samples(
+    by_bracket: dict[str, list[Any]], total: int, sample_size: int, target_docs: int
+) -> list[IdRange]:
     """Turn sorted samples per bracket into ranges (pure; unit-tested)."""
     out: list[IdRange] = []
     for bracket in BRACKETS:  # canonical BSON order

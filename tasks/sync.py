@@ -194,7 +194,9 @@ class SyncRunner:
             limit = self.cfg.tuning.sync_batch_events
             while not self.stop_event.is_set():
                 self._check_fcv()
-                before = latest_optime(self.src) if self.state.lag_seconds is None or self.state.lag_seconds < 5 else None
+                before = (
+                    latest_optime(self.src) if self.state.lag_seconds is None or self.state.lag_seconds < 5 else None
+                )
                 batch: list[Any] = []
                 deadline = time.monotonic() + 0.5
                 while len(batch) < limit and time.monotonic() < deadline:
@@ -233,7 +235,7 @@ class SyncRunner:
         if token is None:
             return
         cp = Checkpoint(
-            _id=self.name,
+            id=self.name,
             token=token_dict(token),
             cluster_time=ts_dict(applied_time),
             applied_events=applied_events,

@@ -16,7 +16,9 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def make_ca(directory: Path, cn: str = "livemigrate test CA") -> tuple[Path, ec.EllipticCurvePrivateKey, x509.Certificate]:
+def make_ca(
+    directory: Path, cn: str = "livemigrate test CA"
+) -> tuple[Path, ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (

@@ -19,12 +19,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-import pytest  # noqa: E402
-from pymongo import MongoClient  # noqa: E402
+import pytest
+from pymongo import MongoClient
 
-from tasks.config import METADATA_DB  # noqa: E402
-from tasks.localservers import LocalServer, ServerPair, create_user  # noqa: E402
-from tests.certs import make_tls_material  # noqa: E402
+from tasks.config import METADATA_DB
+from tasks.localservers import LocalServer, ServerPair, create_user
+from tests.certs import make_tls_material
 
 BACKEND = os.environ.get("LIVEMIGRATE_TEST_BACKEND", "secantus")
 SOURCE_USER, SOURCE_PASSWORD = "migrator", "s3cret-Pa55word-xyz"
@@ -54,7 +54,11 @@ _started: list[ServerPair] = []
 def _secantus_pair(root: Path, **kw: Any) -> tuple[Deployment, Deployment, ServerPair]:
     pair = ServerPair(root, **kw).start()
     _started.append(pair)
-    return Deployment("source", pair.source.uri(), pair.source), Deployment("destination", pair.destination.uri(), pair.destination), pair
+    return (
+        Deployment("source", pair.source.uri(), pair.source),
+        Deployment("destination", pair.destination.uri(), pair.destination),
+        pair,
+    )
 
 
 def _docker_pair() -> tuple[Deployment, Deployment, list[Any]]:
@@ -91,7 +95,9 @@ def pair(server_root: Path) -> Iterator[tuple[Deployment, Deployment]]:
     elif BACKEND == "uri":
         s, d = os.environ.get("LIVEMIGRATE_TEST_SOURCE_URI"), os.environ.get("LIVEMIGRATE_TEST_DEST_URI")
         if not s or not d:
-            pytest.exit("LIVEMIGRATE_TEST_BACKEND=uri needs LIVEMIGRATE_TEST_SOURCE_URI and LIVEMIGRATE_TEST_DEST_URI", 2)
+            pytest.exit(
+                "LIVEMIGRATE_TEST_BACKEND=uri needs LIVEMIGRATE_TEST_SOURCE_URI and LIVEMIGRATE_TEST_DEST_URI", 2
+            )
         yield Deployment("source", s), Deployment("destination", d)
     elif BACKEND == "docker":
         try:
@@ -150,7 +156,7 @@ def tls_pair(server_root: Path) -> Iterator[tuple[Deployment, Deployment]]:
 def dbname(request: pytest.FixtureRequest, pair: tuple[Deployment, Deployment]) -> Iterator[str]:
     """A database name unique to this test; dropped on both sides afterwards, with the metadata store."""
     base = re.sub(r"[^A-Za-z0-9]", "_", request.node.name)[:40]
-    name = f"t_{base}_{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
+    name = f"t_{base}_{hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:6]}"
     src, dst = pair
     yield name
     for dep in (src, dst):

@@ -24,7 +24,12 @@ def make_config(src_uri: str, dst_uri: str, db: str, **over: Any) -> MigrationCo
         "source": {"uri": src_uri},
         "destination": {"uri": dst_uri},
         "namespaces": {"include": [f"{db}.*", f"{db}_*.*"]},
-        "cutover": {"max_lag_seconds": 5, "ready_after_seconds": 0.5, "drain_timeout_seconds": 60, "quiesce_seconds": 0.5},
+        "cutover": {
+            "max_lag_seconds": 5,
+            "ready_after_seconds": 0.5,
+            "drain_timeout_seconds": 60,
+            "quiesce_seconds": 0.5,
+        },
         "tuning": {"workers": 2, "partition_docs": 1000, "connect_timeout_seconds": 5, "lock_timeout_seconds": 10},
     }
     for k, v in over.items():

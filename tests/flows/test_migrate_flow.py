@@ -82,7 +82,14 @@ def _resume(store: MetadataStore, name: str, **decision: Any) -> None:
     resume_flow_run(doc.flow_run_id, run_input=decision_input(**decision))  # type: ignore[arg-type]
 
 
-def test_cutover_through_resume_flow_run(prefect_harness: None, pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path) -> None:
+def test_cutover_through_resume_flow_run(
+    prefect_harness: None,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    tmp_path: Path,
+) -> None:
     seed_writer_data(src_client, dbname)
     path = write_config(tmp_path, pair, dbname)
     name = f"flow-{dbname}"[:60]
@@ -116,17 +123,33 @@ def test_cutover_through_resume_flow_run(prefect_harness: None, pair: tuple[Depl
     assert (tmp_path / "report").exists()
 
 
-def test_cutover_through_the_cli_and_refusal_when_not_ready(prefect_harness: None, pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path) -> None:
+def test_cutover_through_the_cli_and_refusal_when_not_ready(
+    prefect_harness: None,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    tmp_path: Path,
+) -> None:
     src_client[dbname]["c"].insert_many([{"_id": i} for i in range(100)])
     path = write_config(tmp_path, pair, dbname)
     name = f"flow-{dbname}"[:60]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     cli = [sys.executable, "-m", "flows.cli"]
     # Before the migration exists: a clear one-line error, exit 2.
-    r = subprocess.run([*cli, "cutover", "--config", str(path), "--yes"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [*cli, "cutover", "--config", str(path), "--yes"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and name in r.stderr
     t, store = _start(path, dst_client, name)
-    r = subprocess.run([*cli, "cutover", "--config", str(path), "--yes", "--approver", "dave", "--json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [*cli, "cutover", "--config", str(path), "--yes", "--approver", "dave", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert '"queued"' in r.stdout  # no Prefect API in that process: relayed through the metadata store
     t.join(120)
@@ -134,11 +157,20 @@ def test_cutover_through_the_cli_and_refusal_when_not_ready(prefect_harness: Non
     assert t.result["phase"] == "complete"
     assert store.load(name).decisions[-1].approver == "dave"
     # A second cutover request is harmless.
-    r = subprocess.run([*cli, "cutover", "--config", str(path), "--yes"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [*cli, "cutover", "--config", str(path), "--yes"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert r.returncode == 0 and "already complete" in r.stdout
 
 
-def test_refused_while_lagging(prefect_harness: None, pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path) -> None:
+def test_refused_while_lagging(
+    prefect_harness: None,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    tmp_path: Path,
+) -> None:
     src_client[dbname]["c"].insert_one({"_id": 1})
     path = write_config(tmp_path, pair, dbname)
     name = f"flow-{dbname}"[:60]
@@ -155,7 +187,14 @@ def test_refused_while_lagging(prefect_harness: None, pair: tuple[Deployment, De
     assert store.lock_holder() is None
 
 
-def test_window_expiry(prefect_harness: None, pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path) -> None:
+def test_window_expiry(
+    prefect_harness: None,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    tmp_path: Path,
+) -> None:
     src_client[dbname]["c"].insert_one({"_id": 1})
     path = write_config(tmp_path, pair, dbname, window_hours=6 / 3600)  # a six-second window
     from tasks.localservers import free_port
@@ -170,7 +209,12 @@ def test_window_expiry(prefect_harness: None, pair: tuple[Deployment, Deployment
     import urllib.request
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for metric in ("livemigrate_documents_copied", "livemigrate_events_applied", "livemigrate_lag_seconds", "livemigrate_phase"):
+    for metric in (
+        "livemigrate_documents_copied",
+        "livemigrate_events_applied",
+        "livemigrate_lag_seconds",
+        "livemigrate_phase",
+    ):
         assert metric in body, metric
     assert f'livemigrate_documents_copied{{migration="{name}",namespace="{dbname}.c"}} 1.0' in body
     assert f'livemigrate_phase{{migration="{name}",phase="syncing"}} 1.0' in body

@@ -37,7 +37,7 @@ def every_bson_type() -> dict[str, Any]:
         "oid": ObjectId(),
         "true": True,
         "date": dt.datetime(2024, 2, 29, 12, 0, 0, 123000),
-        "old_date": bson.datetime_ms.DatetimeMS(-2**40),
+        "old_date": bson.datetime_ms.DatetimeMS(-(2**40)),
         "null": None,
         "regex": Regex("^a.*b$", "imx"),
         "code": Code("function(){return 1}"),
@@ -53,9 +53,27 @@ def every_bson_type() -> dict[str, Any]:
 
 
 MIXED_IDS: list[Any] = [
-    1, 2.5, Int64(3), Decimal128("4.5"), -7, "a", "b", "zzz", ObjectId(), ObjectId(),
-    Binary(uuid.uuid4().bytes, 4), Binary(b"raw", 0), {"k": 1}, {"k": 2, "j": 1}, None, True, False,
-    dt.datetime(2020, 1, 1), Timestamp(5, 5), MinKey(), MaxKey(),
+    1,
+    2.5,
+    Int64(3),
+    Decimal128("4.5"),
+    -7,
+    "a",
+    "b",
+    "zzz",
+    ObjectId(),
+    ObjectId(),
+    Binary(uuid.uuid4().bytes, 4),
+    Binary(b"raw", 0),
+    {"k": 1},
+    {"k": 2, "j": 1},
+    None,
+    True,
+    False,
+    dt.datetime(2020, 1, 1),
+    Timestamp(5, 5),
+    MinKey(),
+    MaxKey(),
 ]
 
 
@@ -75,7 +93,9 @@ def _drain(m: Migration, src: MongoClient) -> None:
     assert m.runner.wait(lambda st: m.runner.applied_through(target), 60), "sync did not drain"  # type: ignore[union-attr]
 
 
-def test_every_bson_type_and_mixed_ids_round_trip(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_every_bson_type_and_mixed_ids_round_trip(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     db = src_client[dbname]
     db["types"].insert_many([{"_id": i, **every_bson_type()} for i in range(50)])
     db["mixed"].insert_many([{"_id": v, "i": n} for n, v in enumerate(MIXED_IDS)])
@@ -94,15 +114,24 @@ def test_every_bson_type_and_mixed_ids_round_trip(pair: tuple[Deployment, Deploy
     dst_client.drop_database(f"{dbname}_emptydb")
 
 
-def test_options_indexes_views_capped(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_options_indexes_views_capped(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     db = src_client[dbname]
     db.create_collection("capped", capped=True, size=1 << 20, max=100)
     db["capped"].insert_many([{"_id": i, "n": i} for i in range(150)])
-    db.create_collection("validated", validator={"$jsonSchema": {"required": ["a"]}}, validationLevel="moderate", validationAction="warn")
+    db.create_collection(
+        "validated", validator={"$jsonSchema": {"required": ["a"]}}, validationLevel="moderate", validationAction="warn"
+    )
     db.create_collection("collated", collation={"locale": "fr", "strength": 2})
     db.create_collection("clustered", clusteredIndex={"key": {"_id": 1}, "unique": True})
     db.create_collection("images", changeStreamPreAndPostImages={"enabled": True})
-    db["people"].insert_many([{"_id": i, "email": f"u{i}@x", "age": i, "loc": [i % 180, i % 90], "t": dt.datetime(2024, 1, 1)} for i in range(200)])
+    db["people"].insert_many(
+        [
+            {"_id": i, "email": f"u{i}@x", "age": i, "loc": [i % 180, i % 90], "t": dt.datetime(2024, 1, 1)}
+            for i in range(200)
+        ]
+    )
     db["people"].create_index("email", unique=True)
     db["people"].create_index([("age", 1), ("email", -1)], name="compound")
     db["people"].create_index("t", expireAfterSeconds=3600)
@@ -137,12 +166,16 @@ def test_options_indexes_views_capped(pair: tuple[Deployment, Deployment], src_c
         d = {k: v for k, v in dst_idx[name].items() if k != "prepareUnique"}
         assert {k: v for k, v in spec.items()} == d, name
     # capped: the same 100 newest documents, in natural order
-    assert [d["_id"] for d in src_client[dbname]["capped"].find()] == [d["_id"] for d in dst_client[dbname]["capped"].find()]
+    assert [d["_id"] for d in src_client[dbname]["capped"].find()] == [
+        d["_id"] for d in dst_client[dbname]["capped"].find()
+    ]
     assert list(dst_client[dbname]["adults"].find()) == list(src_client[dbname]["adults"].find())
     assert_same_data(src_client, dst_client, [dbname])
 
 
-def test_fifteen_megabyte_document(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_fifteen_megabyte_document(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     big = "x" * (15 * 1024 * 1024)
     src_client[dbname]["big"].insert_many([{"_id": 1, "blob": big}, {"_id": 2, "blob": big[:1000]}])
     cfg = make_config(pair[0].uri, pair[1].uri, dbname)
@@ -152,11 +185,18 @@ def test_fifteen_megabyte_document(pair: tuple[Deployment, Deployment], src_clie
     assert_same_data(src_client, dst_client, [dbname])
 
 
-def test_namespace_filters_and_existing_destination(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_namespace_filters_and_existing_destination(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     for c in ("keep", "skip", "other"):
         src_client[dbname][c].insert_one({"_id": 1, "c": c})
     dst_client[dbname]["keep"].insert_one({"_id": "stale"})
-    cfg = make_config(pair[0].uri, pair[1].uri, dbname, namespaces={"include": [f"{dbname}.*"], "exclude": [f"{dbname}.skip", f"/^{dbname}\\.oth/"]})
+    cfg = make_config(
+        pair[0].uri,
+        pair[1].uri,
+        dbname,
+        namespaces={"include": [f"{dbname}.*"], "exclude": [f"{dbname}.skip", f"/^{dbname}\\.oth/"]},
+    )
     with Migration(cfg, src_client, dst_client) as m:
         m.begin()
         with pytest.raises(TerminalError):
@@ -171,7 +211,9 @@ def test_namespace_filters_and_existing_destination(pair: tuple[Deployment, Depl
     assert list(dst_client[dbname]["keep"].find()) == [{"_id": 1, "c": "keep"}]
 
 
-def test_concurrent_writer_through_clone_and_sync(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_concurrent_writer_through_clone_and_sync(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     seed_writer_data(src_client, dbname)
     src_client[dbname]["bulk"].insert_many([{"_id": i, "p": "q" * 200} for i in range(5000)])
     writer = Writer(src_client, dbname)
@@ -189,7 +231,9 @@ def test_concurrent_writer_through_clone_and_sync(pair: tuple[Deployment, Deploy
         m.runner.stop()  # type: ignore[union-attr]
 
 
-def test_ddl_during_sync(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_ddl_during_sync(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     src_client[dbname]["a"].insert_one({"_id": 1})
     src_client[dbname]["gone"].insert_one({"_id": 1})
     cfg = make_config(pair[0].uri, pair[1].uri, dbname)
@@ -218,7 +262,9 @@ def test_ddl_during_sync(pair: tuple[Deployment, Deployment], src_client: MongoC
         assert_same_data(src_client, dst_client, [dbname])
 
 
-def test_rename_stops_with_clear_error(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_rename_stops_with_clear_error(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     src_client[dbname]["a"].insert_one({"_id": 1})
     cfg = make_config(pair[0].uri, pair[1].uri, dbname)
     with Migration(cfg, src_client, dst_client) as m:
@@ -232,7 +278,9 @@ def test_rename_stops_with_clear_error(pair: tuple[Deployment, Deployment], src_
         assert "restart the migration" in info.value.one_line()
 
 
-def test_resume_from_checkpoint_after_stop(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_resume_from_checkpoint_after_stop(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     src_client[dbname]["c"].insert_many([{"_id": i} for i in range(100)])
     cfg = make_config(pair[0].uri, pair[1].uri, dbname)
     with Migration(cfg, src_client, dst_client) as m:

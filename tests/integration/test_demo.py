@@ -18,8 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @requires_secantus("the demo starts its own SecantusDB servers")
 def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    env.update(LIVEMIGRATE_DEMO_DOCS="3000", LIVEMIGRATE_DEMO_OUT=str(tmp_path / "out"), PREFECT_HOME=str(tmp_path / "prefect"))
-    proc = subprocess.run([sys.executable, "-m", "flows.demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    env.update(
+        LIVEMIGRATE_DEMO_DOCS="3000", LIVEMIGRATE_DEMO_OUT=str(tmp_path / "out"), PREFECT_HOME=str(tmp_path / "prefect")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "phase: complete" in proc.stdout
     assert "final verification equal: True" in proc.stdout

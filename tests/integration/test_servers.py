@@ -42,7 +42,9 @@ def test_auth_pair_insert_read_watch(auth_pair: tuple[Deployment, Deployment]) -
         assert c["smoke_auth"]["x"].find_one({"_id": 1}) == {"_id": 1}
         with c.watch() as stream:
             assert stream.resume_token is not None
-    with MongoClient(src.server.uri("migrator", "wrong-password", authSource="admin"), serverSelectionTimeoutMS=3000) as bad:  # type: ignore[union-attr]
+    with MongoClient(
+        src.server.uri("migrator", "wrong-password", authSource="admin"), serverSelectionTimeoutMS=3000
+    ) as bad:  # type: ignore[union-attr]
         with pytest.raises(OperationFailure):
             bad.admin.command("ping")
     _insert_read_watch(dst, "smoke_auth_dst")

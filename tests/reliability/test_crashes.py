@@ -40,10 +40,18 @@ def _cfg_file(tmp_path: Path, src_uri: str, dst_uri: str, db: str, **tuning: Any
 
 
 def _spawn(cfg: Path, mode: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.migrator_proc", str(cfg), mode], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.migrator_proc", str(cfg), mode],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def test_kill_9_during_clone_then_resume(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path) -> None:
+def test_kill_9_during_clone_then_resume(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path
+) -> None:
     src_client[dbname]["big"].insert_many([{"_id": i, "pad": "p" * 400} for i in range(40_000)])
     cfg = _cfg_file(tmp_path, pair[0].uri, pair[1].uri, dbname)
     name = f"crash-{dbname}"[:60]
@@ -56,14 +64,16 @@ def test_kill_9_during_clone_then_resume(pair: tuple[Deployment, Deployment], sr
     total = store.partitions.count_documents({"migration": name})
     assert 0 < len(done_before) < total, "the kill did not land in the middle of the copy"
     proc = _spawn(cfg, "drain")
-    out, err = proc.communicate(timeout=180)
+    _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
     for p in store.partitions.find({"_id": {"$in": list(done_before)}}):
         assert p["attempts"] == 1, f"finished partition {p['_id']} was copied again"
     assert_same_data(src_client, dst_client, [dbname])
 
 
-def test_kill_9_during_sync_then_resume(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path) -> None:
+def test_kill_9_during_sync_then_resume(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path
+) -> None:
     src_client[dbname]["c"].insert_many([{"_id": i, "v": 0} for i in range(500)])
     cfg = _cfg_file(tmp_path, pair[0].uri, pair[1].uri, dbname)
     proc = _spawn(cfg, "sync")
@@ -77,12 +87,14 @@ def test_kill_9_during_sync_then_resume(pair: tuple[Deployment, Deployment], src
     proc.wait(10)
     src_client[dbname]["c"].delete_many({"_id": {"$gte": 400}})
     proc = _spawn(cfg, "drain")
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert_same_data(src_client, dst_client, [dbname])
 
 
-def test_second_migration_refused_and_stale_lock_expires(pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str) -> None:
+def test_second_migration_refused_and_stale_lock_expires(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
     src_client[dbname]["c"].insert_one({"_id": 1})
     first = make_config(pair[0].uri, pair[1].uri, dbname, name="first", tuning={"lock_timeout_seconds": 2})
     second = make_config(pair[0].uri, pair[1].uri, dbname, name="second", tuning={"lock_timeout_seconds": 2})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import subprocess
 import sys
@@ -22,7 +23,11 @@ PASSWORD = "hunter2-very-secret"
 
 
 def base(**over: object) -> dict:
-    d: dict = {"name": "m1", "source": {"uri": f"mongodb://u:{PASSWORD}@h1:27017"}, "destination": {"uri": "mongodb://h2:27017"}}
+    d: dict = {
+        "name": "m1",
+        "source": {"uri": f"mongodb://u:{PASSWORD}@h1:27017"},
+        "destination": {"uri": "mongodb://h2:27017"},
+    }
     d.update(over)
     return d
 
@@ -41,7 +46,10 @@ def test_secrets_hidden_in_repr_and_dump() -> None:
         (base(cutover={"window_hours": -1}), "cutover.window_hours"),
         (base(tuning={"workers": 0}), "tuning.workers"),
         (base(namespaces={"include": ["/([/"]}), "namespaces.include"),
-        (base(sharding={"shardingEntries": [{"database": "d", "collection": "c", "shardCollection": {"key": {}}}]}), "sharding.shardingEntries.0.shardCollection.key"),
+        (
+            base(sharding={"shardingEntries": [{"database": "d", "collection": "c", "shardCollection": {"key": {}}}]}),
+            "sharding.shardingEntries.0.shardCollection.key",
+        ),
         (base(unknown=1), "unknown"),
         ({"name": "x", "destination": {"uri": "mongodb://h"}}, "source"),
     ],
@@ -81,18 +89,34 @@ def test_link_resolution() -> None:
 
 def test_cli_bad_config_exit_2_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "c.yaml"
-    bad.write_text(f"name: m\nsource: {{uri: 'mongodb://u:{PASSWORD}@h'}}\ndestination: {{uri: 'mongodb://h2'}}\ntuning: {{workers: -3}}\n")
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "describe", "--config", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    bad.write_text(
+        f"name: m\nsource: {{uri: 'mongodb://u:{PASSWORD}@h'}}\ndestination: {{uri: 'mongodb://h2'}}\ntuning: {{workers: -3}}\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "describe", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "tuning.workers" in r.stderr and "Traceback" not in r.stderr and PASSWORD not in r.stderr + r.stdout
     assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_namespace_filter() -> None:
-    f = NamespaceFilter.from_rules(config_from_dict(base(namespaces={"include": ["shop.*", "/^logs\\.keep/"], "exclude": ["shop.tmp*"]})).namespaces)
+    f = NamespaceFilter.from_rules(
+        config_from_dict(
+            base(namespaces={"include": ["shop.*", "/^logs\\.keep/"], "exclude": ["shop.tmp*"]})
+        ).namespaces
+    )
     assert f.matches("shop", "orders") and f.matches("logs", "keep_1")
     assert not f.matches("shop", "tmp_x") and not f.matches("logs", "drop") and not f.matches("other", "c")
-    assert not f.matches("shop", "system.views") and not f.matches("admin", "x") and not f.matches("__livemigrate", "migrations")
+    assert (
+        not f.matches("shop", "system.views")
+        and not f.matches("admin", "x")
+        and not f.matches("__livemigrate", "migrations")
+    )
     assert f.db_in_scope("shop") and f.db_in_scope("logs") and not f.db_in_scope("local")
     everything = NamespaceFilter.from_rules(None)
     assert everything.matches("a", "b") and not everything.matches("config", "x")
@@ -114,7 +138,7 @@ def test_ranges_cover_brackets_and_rest() -> None:
     assert brackets[-1] == REST and set(ranges[-1].rest_excludes) == {"number", "string", "objectId"}
     nums = [r for r in ranges if r.bracket == "number"]
     assert len(nums) > 1 and not nums[0].has_lower and not nums[-1].has_upper
-    for a, b in zip(nums, nums[1:], strict=False):
+    for a, b in itertools.pairwise(nums):
         assert a.upper == b.lower  # contiguous, no gap, no overlap
     first = nums[0].filter()
     assert "$or" in first  # NaN _ids go to the first numeric range
