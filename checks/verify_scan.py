@@ -152,13 +152,16 @@ class PartitionVerifier:
             self.refine_field_order([e for e in out.entries if e.bucket == "changed"])
         return out
 
+    def fetch_both(self, keys: list[bytes]) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+        """The named documents from both sides, read concurrently."""
+        fut = self.side_pool.submit(fetch, self.src, keys, self.batch_size)
+        dst_docs = fetch(self.dst, keys, self.batch_size)
+        return fut.result(), dst_docs
+
     def refine_field_order(self, changed: list[Entry]) -> None:
         """Move documents whose only difference is field order to their own bucket."""
         for part in chunks(changed):
-            keys = [e.key for e in part]
-            fut = self.side_pool.submit(fetch, self.src, keys, self.batch_size)
-            dst_docs = fetch(self.dst, keys, self.batch_size)
-            src_docs = fut.result()
+            src_docs, dst_docs = self.fetch_both([e.key for e in part])
             for e in part:
                 s, d = src_docs.get(e.key), dst_docs.get(e.key)
                 if s is not None and d is not None and canonical(s) == canonical(d):
@@ -175,10 +178,7 @@ class PartitionVerifier:
         still: list[Entry] = []
         dsc = dss = ddc = dds = 0
         for part in chunks(entries):
-            keys = [e.key for e in part]
-            fut = self.side_pool.submit(fetch, self.src, keys, self.batch_size)
-            dst_docs = fetch(self.dst, keys, self.batch_size)
-            src_docs = fut.result()
+            src_docs, dst_docs = self.fetch_both([e.key for e in part])
             for e in part:
                 s, d = src_docs.get(e.key), dst_docs.get(e.key)
                 sd, dd = (digest(s) if s is not None else None), (digest(d) if d is not None else None)

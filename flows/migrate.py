@@ -77,13 +77,13 @@ def begin_stage(m: Migration, restart: bool, flow_run_id: str | None) -> str:
 
 
 @task(name="clone", cache_policy=NONE)
-def clone_stage(m: Migration) -> dict[str, int]:
+def clone_stage(m: Migration, metrics: Metrics) -> dict[str, int]:
     from tasks.catalog import estimated_size, list_specs
     from tasks.namespaces import NamespaceFilter
 
     specs, _ = list_specs(m.src, NamespaceFilter.from_rules(m.cfg.namespaces), with_indexes=False)
     total = sum(estimated_size(m.src, s.ns)[0] for s in specs if not s.is_view)
-    bar = CloneProgressArtifact(m.name, total, getattr(m, "metrics", None))
+    bar = CloneProgressArtifact(m.name, total, metrics)
     m.progress = bar
     stats = m.clone()
     bar.finish()
@@ -220,7 +220,6 @@ def migrate_flow(
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     m = Migration(cfg)
     metrics = Metrics()
-    m.metrics = metrics  # type: ignore[attr-defined]
     m.on_tick = lambda st: metrics.sync_tick(cfg.name, st)
     if cfg.tuning.metrics_port is not None:
         _, port = metrics.serve(cfg.tuning.metrics_port)
@@ -235,7 +234,7 @@ def migrate_flow(
             raise
     try:
         metrics.phase(cfg.name, begin_stage(m, restart, flow_run_id))
-        clone_stage(m)
+        clone_stage(m, metrics)
         metrics.phase(cfg.name, Phase.SYNCING.value)
         ready_stage(m)
         n = 0

@@ -22,9 +22,10 @@ from pymongo import DeleteOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
 from tasks.catalog import index_for_sync
+from tasks.clone import build_indexes
 from tasks.errors import DocumentRejectedError, NamespaceChangedError, TerminalError
 from tasks.mongo import RAW
-from tasks.namespaces import NamespaceFilter
+from tasks.namespaces import Namespace, NamespaceFilter
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +209,6 @@ class Applier:
                 if self.nsfilter.matches(db, name):
                     d.drop_collection(name)
         elif op == "createIndexes":
-            from tasks.clone import build_indexes
-            from tasks.namespaces import Namespace
-
             specs = self._source_index_specs(db, coll, list(desc.get("indexes", [])))
             stats.index_restores.extend(build_indexes(self.dst, Namespace(db, coll), specs))
         elif op == "dropIndexes":
@@ -240,20 +238,8 @@ class Applier:
         cmd: dict[str, Any] = {"collMod": coll}
         for k, v in desc.items():
             if k == "index":
-                idx = dict(v)
-                restore: dict[str, Any] = {}
-                if "expireAfterSeconds" in idx:
-                    _, r = index_for_sync(
-                        {"key": {}, "name": idx.get("name"), "expireAfterSeconds": idx["expireAfterSeconds"]}
-                    )
-                    if r:
-                        restore.update(r)
-                        idx["expireAfterSeconds"] = index_for_sync({"key": {}, "expireAfterSeconds": 1})[0][
-                            "expireAfterSeconds"
-                        ]
-                if idx.get("unique"):
-                    idx.pop("unique")  # made unique at cutover
-                    restore["unique"] = True
+                # The same rule as an index build: unique waits for cutover, TTL stays parked.
+                idx, restore = index_for_sync(dict(v))
                 idx.pop("prepareUnique", None)
                 if restore:
                     stats.index_restores.append({"ns": f"{db}.{coll}", "name": idx.get("name"), **restore})

@@ -12,12 +12,11 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from bson import encode
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
@@ -191,9 +190,8 @@ class Cloner:
             try:
                 self.copy_partition(part)
             except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
-                self.store.release_partition(part.id, self.owner) if not isinstance(
-                    exc, DocumentRejectedError
-                ) else None
+                if not isinstance(exc, DocumentRejectedError):
+                    self.store.release_partition(part.id, self.owner)  # another worker redoes it
                 self.stop_event.set()
                 errors.append(exc)
                 return
@@ -402,9 +400,4 @@ def balancer_start(src: MongoClient[Any]) -> None:
     src.admin.command({"balancerStart": 1})
 
 
-def raw_id_key(doc: RawBSONDocument) -> bytes:
-    """Bytes that identify a document's _id exactly (type included)."""
-    return encode({"_id": doc["_id"]})
-
-
-__all__ = ["Callable", "Cloner", "balancer_start", "balancer_stop", "restore_indexes"]
+__all__ = ["Cloner", "balancer_start", "balancer_stop", "restore_indexes"]

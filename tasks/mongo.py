@@ -12,7 +12,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
@@ -115,12 +114,6 @@ def _redact(text: str, uri: str) -> str:
     return text
 
 
-def server_version(client: MongoClient[Any]) -> tuple[int, ...]:
-    """(major, minor, patch) from buildInfo."""
-    info = client.admin.command("buildInfo")
-    return tuple(int(x) for x in info.get("versionArray", [0, 0, 0])[:3])
-
-
 def latest_optime(client: MongoClient[Any]) -> Any:
     """The time of the deployment's latest write (a bson Timestamp).
 
@@ -144,19 +137,13 @@ def latest_optime(client: MongoClient[Any]) -> Any:
     return hello.get("operationTime") or hello.get("$clusterTime", {}).get("clusterTime")
 
 
-def is_replica_set_or_sharded(client: MongoClient[Any]) -> bool:
-    hello = client.admin.command("hello")
-    return bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
-
-
 __all__ = [
     "RAW",
     "check_ca_file",
     "connect",
+    "connect_side",
     "describe_endpoint",
     "latest_optime",
-    "pymongo",
-    "server_version",
 ]
 
 

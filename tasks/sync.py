@@ -111,6 +111,7 @@ class SyncRunner:
         self._thread: threading.Thread | None = None
         self._rate = RateMeter()
         self._last_persist = 0.0
+        self._window_open = False  # the stored record already says ready (window opened)
         self._last_fcv_check = 0.0
         self._fcv: tuple[str | None, str | None] | None = None
         self._changed = threading.Condition()
@@ -297,7 +298,7 @@ class SyncRunner:
             updated_at=utcnow(),
         )
         fields: dict[str, Any] = {"lag": lag}
-        if st.ready:
+        if st.ready and not self._window_open:
             doc = self.store.load(self.name)
             if not doc.ready:
                 now_dt = utcnow()
@@ -308,7 +309,7 @@ class SyncRunner:
                     window_closes_at=now_dt + dt.timedelta(hours=self.cfg.cutover.window_hours),
                 )
         try:
-            self.store.update(self.name, **fields)
+            self._window_open = self.store.update(self.name, **fields).ready
         except PyMongoError as exc:
             log.warning("could not persist lag: %s", type(exc).__name__)
 
