@@ -100,6 +100,29 @@ def describe(config: ConfigOpt, as_json: JsonOpt = False, name: NameOpt = None) 
 
 
 @app.command()
+def watch(config: ConfigOpt, name: NameOpt = None) -> None:
+    """Follow a migration with progress bars (clone per namespace, sync lag) until it ends; Ctrl-C stops watching."""
+    from flows.console import watch_cli
+
+    raise typer.Exit(watch_cli(config, name=name))
+
+
+@app.command()
+def report(
+    config: ConfigOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for migration-report.html and .md.")] = Path(
+        "livemigrate-report"
+    ),
+    name: NameOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the migration report: summary, decisions, copy-rate chart and lag-over-time chart."""
+    from flows.console import report_cli
+
+    raise typer.Exit(report_cli(config, out_dir=out, name=name, as_json=as_json))
+
+
+@app.command()
 def cutover(
     config: ConfigOpt,
     approver: Annotated[str | None, typer.Option("--approver", help="Who approves (default: $USER).")] = None,

@@ -189,7 +189,12 @@ def main() -> int:
             console.print(
                 "running the [bold]migrate[/] flow: prechecks -> clone -> sync -> approval pause -> cutover -> verification"
             )
-            result = migrate_flow(config=str(cfg_path), report_dir=str(out_dir / "verification"))
+            from flows.console import LiveView
+            from tasks.metadata import MetadataStore
+
+            dst: MongoClient[Any]
+            with MongoClient(pair.destination.uri()) as dst, LiveView(MetadataStore(dst), "demo", console):
+                result = migrate_flow(config=str(cfg_path), report_dir=str(out_dir / "verification"))
         cut = result.get("cutover") or {}
         console.rule("[bold]result")
         console.print(f"phase: [bold]{result['phase']}[/]")
@@ -199,7 +204,10 @@ def main() -> int:
         console.print(f"destination ready to accept writes: {cut.get('destination_ready_at')}")
         console.print(f"migration complete:                 {cut.get('completed_at')}")
         console.print(f"final verification equal: {cut.get('verification_equal')}")
-        console.print(f"report: {out_dir / 'verification'} (open index.html in a browser); config: {cfg_path}")
+        console.print(f"migration report (copy-rate and lag charts): {cut.get('report')}")
+        console.print(
+            f"verification report: {out_dir / 'verification'} (open index.html in a browser); config: {cfg_path}"
+        )
         console.print(f"demo finished in {time.monotonic() - t0:.0f} s")
         return 0 if result["phase"] == "complete" and cut.get("verification_equal") else 1
     finally:

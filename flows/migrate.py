@@ -109,7 +109,9 @@ def ready_stage(m: Migration) -> dict[str, Any]:
 
 
 @task(name="cutover", cache_policy=NONE)
-def cutover_stage(m: Migration, approver: str, reason: str, report_dir: str | None) -> dict[str, Any]:
+def cutover_stage(
+    m: Migration, approver: str, reason: str, report_dir: str | None, resume: bool = False
+) -> dict[str, Any]:
     from checks.verify import run_verification
 
     def verify(doc: MigrationDoc) -> dict[str, Any]:
@@ -122,7 +124,7 @@ def cutover_stage(m: Migration, approver: str, reason: str, report_dir: str | No
             log.debug("verification table artifact: %s", exc)
         return summary
 
-    res = m.cutover(approver, reason, verify)
+    res = m.resume_cutover(verify) if resume else m.cutover(approver, reason, verify)
     return {
         "phase": res.phase.value,
         "destination_ready_at": res.destination_ready_at.isoformat() if res.destination_ready_at else None,
@@ -205,6 +207,45 @@ def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay) -> CutoverDe
         relay.paused.clear()
 
 
+def publish_report(m: Migration, report_dir: str | None) -> str | None:
+    """The final report (copy-rate and lag charts): a markdown artifact, files in ``report_dir``, the store."""
+    from pathlib import Path
+
+    from tasks.report import build_report, report_markdown, write_migration_report
+
+    try:
+        if report_dir:
+            path, r = write_migration_report(m.store, m.name, Path(report_dir))
+        else:
+            path, r = None, build_report(m.store, m.name)
+        markdown(m.name, "report", report_markdown(r), "migration report")
+        r.pop("series", None)
+        m.store.save_report(m.name, "migration", r)
+        return str(path) if path else None
+    except Exception as exc:  # noqa: BLE001 - the migration's outcome stands without its report
+        log.warning("could not publish the migration report: %s", type(exc).__name__)
+        return None
+
+
+def _outcome(
+    m: Migration, approver: str, reason: str, result: dict[str, Any], report_dir: str | None
+) -> dict[str, Any]:
+    """Publish the cutover's two moments ("destination ready", "complete") and return the final description."""
+    result["report"] = publish_report(m, report_dir)
+    d = describe(m.store, m.name)
+    markdown(
+        m.name,
+        "outcome",
+        status_markdown(d)
+        + f"\n\n- **Cutover approved by:** {approver} ({reason})"
+        + f"\n- **Destination ready to accept writes:** {result['destination_ready_at']}"
+        + f"\n- **Migration complete:** {result['completed_at']}"
+        + "".join(f"\n- **Warning:** {w}" for w in result["warnings"]),
+        "migration complete",
+    )
+    return {**d, "cutover": result}
+
+
 @flow(name="migrate", log_prints=False)
 def migrate_flow(
     config: str | dict[str, Any], restart: bool = False, report_dir: str | None = None, skip_prechecks: bool = False
@@ -235,6 +276,15 @@ def migrate_flow(
     try:
         metrics.phase(cfg.name, begin_stage(m, restart, flow_run_id))
         clone_stage(m, metrics)
+        interrupted = m.interrupted_cutover()
+        if interrupted is not None:
+            # An approved cutover whose process stopped: carry it on, do not ask again.
+            logger.warning("resuming the cutover approved by %s", interrupted.approver or "(unnamed)")
+            metrics.phase(cfg.name, Phase.CUTTING_OVER.value)
+            result = cutover_stage(m, interrupted.approver, interrupted.reason, report_dir, resume=True)
+            return _outcome(
+                m, interrupted.approver, interrupted.reason + " (resumed after a crash)", result, report_dir
+            )
         metrics.phase(cfg.name, Phase.SYNCING.value)
         ready_stage(m)
         n = 0
@@ -244,6 +294,7 @@ def migrate_flow(
                 decision = _pause_for_decision(m, n, relay)
                 if decision is None or decision.reason == WINDOW_EXPIRED:
                     m.expire()
+                    publish_report(m, report_dir)
                     d = describe(m.store, m.name)
                     markdown(m.name, "outcome", status_markdown(d) + f"\n\n**Expired.** {d['error']}", "window expired")
                     logger.warning("cutover window expired: the sync stopped")
@@ -261,6 +312,7 @@ def migrate_flow(
                     continue
                 if decision.action == "cancel":
                     m.cancel(decision.approver, decision.reason)
+                    publish_report(m, report_dir)
                     markdown(m.name, "decision", f"Migration cancelled by **{decision.approver}**: {decision.reason}")
                     return describe(m.store, m.name)
                 if not decision.confirm or not decision.approver.strip():
@@ -277,18 +329,7 @@ def migrate_flow(
                     markdown(m.name, "decision", f"Cutover refused: {exc.one_line()}")
                     continue
                 result = cutover_stage(m, decision.approver, decision.reason, report_dir)
-                d = describe(m.store, m.name)
-                markdown(
-                    m.name,
-                    "outcome",
-                    status_markdown(d)
-                    + f"\n\n- **Cutover approved by:** {decision.approver} ({decision.reason})"
-                    + f"\n- **Destination ready to accept writes:** {result['destination_ready_at']}"
-                    + f"\n- **Migration complete:** {result['completed_at']}"
-                    + "".join(f"\n- **Warning:** {w}" for w in result["warnings"]),
-                    "migration complete",
-                )
-                return {**d, "cutover": result}
+                return _outcome(m, decision.approver, decision.reason, result, report_dir)
     except LiveMigrateError as exc:
         m.fail(exc)
         raise

@@ -1,0 +1,209 @@
+"""The final migration report: what happened, with a lag-over-time chart and a copy-rate chart.
+
+Why: after a cutover a data team wants one page to keep (phase, both moments,
+who approved, verification verdict, how fast it copied, how far behind the
+sync was and when).  Charts are plain SVG written here, so the report needs no
+plotting library and no network; the markdown version (Prefect artifact) uses
+text sparklines, which the Prefect UI renders as-is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import TerminalError
+from tasks.metadata import MetadataStore
+from tasks.migration import describe
+from tasks.timeline import CLONE, SYNC, Timeline, copy_rates
+
+SPARKS = "▁▂▃▄▅▆▇█"
+MAX_POINTS = 600
+
+
+def _downsample(points: list[tuple[float, float]], n: int = MAX_POINTS) -> list[tuple[float, float]]:
+    """Keep at most ``n`` points, preserving each bucket's maximum (a lag spike must stay visible)."""
+    if len(points) <= n:
+        return points
+    step = len(points) / n
+    out = []
+    for i in range(n):
+        bucket = points[int(i * step) : int((i + 1) * step)] or [points[-1]]
+        out.append(max(bucket, key=lambda p: p[1]))
+    return out
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """A one-line text chart (maximum per bucket) for markdown artifacts and terminals."""
+    if not values:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [max(values[int(i * step) : int((i + 1) * step)] or [values[-1]]) for i in range(width)]
+    top = max(values)
+    if top <= 0:
+        return SPARKS[0] * len(values)
+    return "".join(SPARKS[min(len(SPARKS) - 1, int(v / top * (len(SPARKS) - 1) + 0.5))] for v in values)
+
+
+def svg_chart(points: list[tuple[float, float]], title: str, y_unit: str, width: int = 760, height: int = 240) -> str:
+    """A line chart of (seconds since start, value) as an inline SVG element."""
+    left, right, top, bottom = 64, 16, 28, 36
+    w, h = width - left - right, height - top - bottom
+    pts = _downsample(points)
+    esc = html.escape
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{esc(title)}" style="font-family: sans-serif; font-size: 11px">',
+        f'<text x="{left}" y="16" style="font-size: 13px; font-weight: bold">{esc(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#fafafa" stroke="#ccc"/>',
+    ]
+    if not pts:
+        parts.append(f'<text x="{left + 8}" y="{top + h / 2}">no samples recorded</text></svg>')
+        return "".join(parts)
+    x_max = max(p[0] for p in pts) or 1.0
+    y_max = max(p[1] for p in pts) or 1.0
+
+    def xy(p: tuple[float, float]) -> str:
+        return f"{left + w * p[0] / x_max:.1f},{top + h - h * p[1] / y_max:.1f}"
+
+    for frac in (0.0, 0.5, 1.0):
+        y = top + h - h * frac
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + w}" y2="{y:.1f}" stroke="#e4e4e4"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{y_max * frac:.3g}</text>')
+    parts.append(f'<text x="{left - 6}" y="{top - 8}" text-anchor="end">{esc(y_unit)}</text>')
+    for frac in (0.0, 0.5, 1.0):
+        x = left + w * frac
+        parts.append(f'<text x="{x:.1f}" y="{top + h + 16}" text-anchor="middle">{_duration(x_max * frac)}</text>')
+    parts.append(f'<polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="{" ".join(xy(p) for p in pts)}"/>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _relative(samples: list[tuple[dt.datetime, float]]) -> list[tuple[float, float]]:
+    if not samples:
+        return []
+    t0 = samples[0][0]
+    return [((t - t0).total_seconds(), v) for t, v in samples]
+
+
+def chart_series(store: MetadataStore, name: str, since: dt.datetime | None) -> dict[str, list[tuple[float, float]]]:
+    """The two charts' points: lag seconds over time and documents copied per second over time."""
+    tl = Timeline(store, name)
+    lag = [(s["at"], float(s["lag_seconds"])) for s in tl.series(SYNC, since) if s.get("lag_seconds") is not None]
+    return {"lag": _relative(lag), "copy_rate": _relative(copy_rates(tl.series(CLONE, since)))}
+
+
+def build_report(store: MetadataStore, name: str) -> dict[str, Any]:
+    """Everything the report shows, as data (also returned by the flow and stored in the metadata store)."""
+    d = describe(store, name)
+    doc = store.load(name)
+    series = chart_series(store, name, doc.created_at)
+    lags = [v for _, v in series["lag"]]
+    rates = [v for _, v in series["copy_rate"]]
+    d["charts"] = {
+        "lag": {
+            "samples": len(lags),
+            "max_seconds": max(lags) if lags else None,
+            "last_seconds": lags[-1] if lags else None,
+            "sparkline": sparkline(lags),
+        },
+        "copy_rate": {
+            "samples": len(rates),
+            "peak_docs_per_second": round(max(rates), 1) if rates else None,
+            "mean_docs_per_second": round(sum(rates) / len(rates), 1) if rates else None,
+            "sparkline": sparkline(rates),
+        },
+    }
+    d["series"] = series
+    return d
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    """The report as markdown (Prefect artifact, README-style), with text sparklines for the charts."""
+    c = r["charts"]
+    lines = [
+        f"# Migration report: `{r['name']}`",
+        "",
+        f"- **Phase:** {r['phase']}",
+        f"- **Source → destination:** {r['source']} → {r['destination']}",
+        f"- **Copied:** {r['clone']['docs']} documents, {r['clone']['bytes']} bytes, "
+        f"{r['clone']['partitions_done']}/{r['clone']['partitions']} partitions",
+        f"- **Events applied by the sync:** {r['lag'].get('applied_events')}",
+        f"- **Destination ready to accept writes:** {r['destination_ready_at'] or '-'}",
+        f"- **Migration complete:** {r['completed_at'] or '-'}",
+        f"- **Final verification:** {_verdict(r)}",
+        "",
+        "## Copy rate (documents per second)",
+        "",
+        f"`{c['copy_rate']['sparkline'] or 'no samples'}`  peak {c['copy_rate']['peak_docs_per_second']}, "
+        f"mean {c['copy_rate']['mean_docs_per_second']} ({c['copy_rate']['samples']} samples)",
+        "",
+        "## Lag over time (optime gap, seconds)",
+        "",
+        f"`{c['lag']['sparkline'] or 'no samples'}`  max {c['lag']['max_seconds']}, last {c['lag']['last_seconds']} "
+        f"({c['lag']['samples']} samples)",
+        "",
+        "## Decisions",
+        "",
+    ]
+    lines += [f"- {d['at']}: **{d['action']}** by {d['approver'] or '(unnamed)'} {d['reason']}" for d in r["decisions"]]
+    if not r["decisions"]:
+        lines.append("- none")
+    if r["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in r["warnings"]]
+    if r["error"]:
+        lines += ["", "## Error", "", r["error"]]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    v = r.get("last_verification")
+    if not v:
+        return "not run"
+    return "equal" if v.get("equal") else "DIFFERENT"
+
+
+def report_html(r: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page with the two SVG charts."""
+    md = html.escape(report_markdown(r).split("## Copy rate")[0])
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>livemigrate report {html.escape(r['name'])}</title></head>"
+        "<body style='font-family: sans-serif; max-width: 820px; margin: 2em auto'>"
+        f"<pre style='white-space: pre-wrap'>{md}</pre>"
+        + svg_chart(r["series"]["copy_rate"], "Copy rate during the clone", "docs/s")
+        + "<br>"
+        + svg_chart(r["series"]["lag"], "Lag over time (optime gap)", "seconds")
+        + "<h2>Decisions</h2><ul>"
+        + "".join(
+            f"<li>{html.escape(str(d['at']))}: <b>{html.escape(d['action'])}</b> by "
+            f"{html.escape(d['approver'] or '(unnamed)')} {html.escape(d['reason'])}</li>"
+            for d in r["decisions"]
+        )
+        + "</ul></body></html>"
+    )
+
+
+def write_migration_report(store: MetadataStore, name: str, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Write migration-report.html and .md into ``out_dir``; returns the HTML path and the report data."""
+    r = build_report(store, name)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "migration-report.md").write_text(report_markdown(r), encoding="utf-8")
+        path = out_dir / "migration-report.html"
+        path.write_text(report_html(r), encoding="utf-8")
+    except OSError as exc:
+        raise TerminalError(f"report directory {out_dir}: cannot write ({exc.strerror})") from None
+    return path, r
