@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from tasks.config import MigrationConfig, config_from_dict, load_config
 from tasks.errors import EXIT_ERROR, ConfigError, LiveMigrateError, classify, error_payload
+from tasks.shutdown import ShutdownRequested
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -73,6 +74,9 @@ def cli_guard(fn: Callable[P, int]) -> Callable[P, int]:
             return fn(*args, **kwargs)
         except LiveMigrateError as exc:
             return emit_error(exc, as_json)
+        except ShutdownRequested as exc:
+            print(f"livemigrate: {exc.one_line()}", file=sys.stderr)
+            return exc.exit_code
         except KeyboardInterrupt:
             print("livemigrate: interrupted", file=sys.stderr)
             return 130

@@ -4,6 +4,11 @@ Why: an on-call engineer's terminal must give the same decisions as the Prefect
 UI form.  A decision goes through Prefect's API when this process can reach the
 flow run's server, and otherwise through the metadata store, where the running
 flow picks it up and resumes itself with the same input.
+
+`livemigrate migrate` stops cleanly on SIGTERM and Ctrl-C (tasks/shutdown.py):
+the sync stops after its last applied batch and saves its checkpoint, the
+migration keeps the destination lock and its phase, and the command prints one
+line and exits with 143 (SIGTERM) or 130 (SIGINT); running it again resumes.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from tasks.errors import EXIT_FAILED, EXIT_OK
 from tasks.metadata import MetadataStore
 from tasks.migration import describe
 from tasks.mongo import connect_side
+from tasks.shutdown import ShutdownRequested, graceful_shutdown
 from tasks.state import Phase
 
 log = logging.getLogger(__name__)
@@ -34,16 +40,26 @@ err = Console(stderr=True, soft_wrap=True)
 def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir: Path | None) -> int:
     from flows.migrate import migrate_flow
 
-    load_resolved(config)  # fail fast, with exit 2, on a broken file or link
+    cfg = load_resolved(config)  # fail fast, with exit 2, on a broken file or link
     err.print(
         f"[bold]livemigrate[/]: starting the migrate flow for {config} (approve with `livemigrate cutover --config {config}`)"
     )
-    result: dict[str, Any] = migrate_flow(
-        config=str(config),
-        restart=restart,
-        skip_prechecks=skip_prechecks,
-        report_dir=str(report_dir) if report_dir else None,
-    )
+    from flows.console import live_progress
+
+    with graceful_shutdown():
+        try:
+            with live_progress(cfg, err):
+                result: dict[str, Any] = migrate_flow(
+                    config=str(config),
+                    restart=restart,
+                    skip_prechecks=skip_prechecks,
+                    report_dir=str(report_dir) if report_dir else None,
+                )
+        except ShutdownRequested as exc:
+            # The flow's own cleanup has run (Migration.close: sync stopped, checkpoint written).
+            hint = f"run `livemigrate migrate --config {config}` to resume"
+            print(f"livemigrate: {exc.one_line(cfg.name, hint)}", file=sys.stderr, flush=True)
+            return exc.exit_code
     phase = result.get("phase")
     out.print(f"migration [bold]{result.get('name')}[/] ended: [bold]{phase}[/]")
     cut = result.get("cutover") or {}
@@ -52,6 +68,8 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
         out.print(f"migration complete: {cut.get('completed_at')}")
         for w in cut.get("warnings", []):
             out.print(f"[yellow]warning:[/] {w}")
+        if cut.get("report"):
+            out.print(f"migration report: {cut['report']}")
     return EXIT_OK if phase in ("complete", "cancelled") else EXIT_FAILED
 
 

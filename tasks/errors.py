@@ -16,6 +16,8 @@ import pymongo.errors as pe
 EXIT_OK = 0
 EXIT_FAILED = 1  # a check or verification ran and found a problem
 EXIT_ERROR = 2  # usage, config, connection or other could-not-run errors
+EXIT_INTERRUPTED = 130  # stopped by SIGINT (Ctrl-C): checkpoint saved, resumable (128 + signal number)
+EXIT_TERMINATED = 143  # stopped by SIGTERM: checkpoint saved, resumable (128 + signal number)
 
 
 class LiveMigrateError(Exception):
@@ -73,7 +75,16 @@ class FCVChangedError(TerminalError):
 
 
 class DocumentRejectedError(TerminalError):
-    """The destination refused a document; the migration stops rather than skip it."""
+    """The destination refused a document; the migration stops rather than skip it.
+
+    ``ns`` and ``doc_id`` name the document (also in the message), so a person
+    can find it on the source and a program need not parse the text.
+    """
+
+    def __init__(self, message: str, *, remedy: str | None = None, ns: str | None = None, doc_id: Any = None) -> None:
+        super().__init__(message, remedy=remedy)
+        self.ns = ns
+        self.doc_id = doc_id
 
 
 class LockHeldError(TerminalError):
@@ -107,6 +118,7 @@ _TRANSIENT_CODES = {
     11602,  # InterruptedDueToReplStateChange
     13435,  # NotPrimaryNoSecondaryOk
     13436,  # NotPrimaryOrSecondary
+    64,  # WriteConcernFailed (wtimeout: the write may not be replicated yet; redoing it converges)
     43,  # CursorNotFound (killed cursor: re-open from the checkpoint)
     237,  # CursorKilled
     175,  # QueryPlanKilled
@@ -124,6 +136,14 @@ def classify(exc: BaseException, where: str = "") -> LiveMigrateError:
     if isinstance(exc, LiveMigrateError):
         return exc
     prefix = f"{where}: " if where else ""
+    if isinstance(exc, pe.BulkWriteError):
+        details = exc.details or {}
+        wces = details.get("writeConcernErrors") or []
+        if wces and not details.get("writeErrors"):
+            # Every write was applied but not replicated as asked: judge by the write concern error.
+            first = wces[0]
+            wce = pe.WriteConcernError(str(first.get("errmsg", "")), first.get("code"), first)
+            return classify(wce, where)
     if isinstance(exc, pe.OperationFailure):
         code = exc.code or 0
         text = _short(exc)

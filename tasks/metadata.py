@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pymongo import MongoClient, ReturnDocument
@@ -160,6 +161,7 @@ class MetadataStore:
         self.migrations.delete_one({"_id": name})
         self.checkpoints.delete_one({"_id": name})
         self.partitions.delete_many({"migration": name})
+        self.db["samples"].update_many({"migration": name}, {"$set": {"migration": new_id}})
         return new_id
 
     # -- lock -------------------------------------------------------------
@@ -302,8 +304,16 @@ class MetadataStore:
 class LockHeartbeat:
     """Keeps the destination lock fresh from a daemon thread while a migration runs."""
 
-    def __init__(self, store: MetadataStore, name: str, owner: str, interval_s: float) -> None:
+    def __init__(
+        self,
+        store: MetadataStore,
+        name: str,
+        owner: str,
+        interval_s: float,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
         self._store, self._name, self._owner, self._interval = store, name, owner, interval_s
+        self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lock-heartbeat-{name}", daemon=True)
 
@@ -322,9 +332,16 @@ class LockHeartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                self._store.heartbeat(self._name, self._owner)
+                held = self._store.heartbeat(self._name, self._owner)
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next tick
                 log.warning("lock heartbeat failed: %s", type(exc).__name__)
+                continue
+            if not held:
+                # Another migration took the lock after ours went stale: we must stop writing.
+                log.error("migration %s lost the destination lock", self._name)
+                if self._on_lost is not None:
+                    self._on_lost()
+                return
 
 
 def _dump(v: Any) -> Any:

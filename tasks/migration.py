@@ -18,14 +18,15 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from tasks.clone import Cloner, CloneStats, balancer_start, balancer_stop, restore_indexes
+from tasks.clone import Cloner, CloneStats, backoff_sleep, balancer_start, balancer_stop, restore_indexes
 from tasks.config import MigrationConfig
-from tasks.errors import LiveMigrateError, PhaseError, TerminalError
+from tasks.errors import LiveMigrateError, LockHeldError, PhaseError, TerminalError, classify
 from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
 from tasks.mongo import connect_side, describe_endpoint, latest_optime
 from tasks.progress import ProgressSink, null_sink
 from tasks.state import ACTIVE, TERMINAL, Checkpoint, Decision, MigrationDoc, Phase, utcnow
-from tasks.sync import SyncRunner, open_start_point, ts_dict
+from tasks.sync import SyncRunner, fcv, open_start_point, ts_dict
+from tasks.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class Migration:
         self.runner: SyncRunner | None = None
         self.on_tick: Callable[[Any], None] | None = None  # e.g. metrics, fed from the sync thread
         self._heartbeat: LockHeartbeat | None = None
+        self._cloner: Cloner | None = None
+        self.lock_lost: LockHeldError | None = None
+        self.timeline = Timeline(self.store, self.name)
 
     def close(self) -> None:
         if self.runner is not None:
@@ -101,7 +105,9 @@ class Migration:
             log.info("archived ended migration %s as %s", self.name, archived)
             doc = None
         self.store.acquire_lock(self.name, self.owner, self.cfg.tuning.lock_timeout_seconds)
-        self._heartbeat = LockHeartbeat(self.store, self.name, self.owner, self.cfg.tuning.lock_timeout_seconds / 4)
+        self._heartbeat = LockHeartbeat(
+            self.store, self.name, self.owner, self.cfg.tuning.lock_timeout_seconds / 4, on_lost=self._lock_lost
+        )
         self._heartbeat.__enter__()
         if doc is None:
             rules = self.cfg.namespaces
@@ -121,9 +127,12 @@ class Migration:
             )
         if doc.start_token is None and doc.start_time is None:
             # Before reading any data: every write from here on reaches the destination through the sync.
+            versions = {"source": fcv(self.src), "destination": fcv(self.dst)}  # a change stops the sync
             token, optime = open_start_point(self.src)
-            doc = self.store.update(self.name, start_token=token, start_time=ts_dict(optime))
+            doc = self.store.update(self.name, start_token=token, start_time=ts_dict(optime), fcv=versions)
             self.store.save_checkpoint(Checkpoint(id=self.name, token=token, cluster_time=ts_dict(optime)))
+        if not doc.balancer_stopped:
+            # Not only with the start point: a begin retried after a refused or interrupted stop must stop it.
             try:
                 if balancer_stop(self.src):
                     doc = self.store.update(self.name, balancer_stopped=True)
@@ -135,34 +144,73 @@ class Migration:
             doc = self.store.set_phase(self.name, Phase.CLONING)
         return doc
 
+    def _lock_lost(self) -> None:
+        """Called from the heartbeat thread: another migration holds the destination now; stop writing."""
+        self.lock_lost = LockHeldError(
+            f"migration {self.name!r} lost the destination lock (its heartbeat went stale and another migration "
+            "took it): it stopped writing",
+            remedy="find out which migration holds the destination (livemigrate describe), cancel one of them",
+        )
+        if self._cloner is not None:
+            self._cloner.stop_event.set()
+        if self.runner is not None:
+            self.runner.abort(self.lock_lost)
+
     # -- clone ------------------------------------------------------------------
     def cloner(self) -> Cloner:
-        return Cloner(self.cfg, self.src, self.dst, self.store, self.owner, self.progress)
+        return Cloner(self.cfg, self.src, self.dst, self.store, self.owner, self.timeline.clone_sink(self.progress))
 
     def clone(self, workers: int | None = None, wait_for_others_s: float = 3600.0) -> CloneStats:
         """Prepare, copy every partition (with other workers, if any), then build indexes and views."""
         doc = self.store.load(self.name)
         if doc.phase != Phase.CLONING:
             return CloneStats()
-        cloner = self.cloner()
-        cloner.prepare()
+        cloner = self._cloner = self.cloner()
+        self._retrying("clone prepare", cloner.prepare)
+        self.timeline.clone_sample(force=True)
         stats = cloner.run(workers)
         deadline = time.monotonic() + wait_for_others_s
         while self.store.unfinished_partitions(self.name):
+            if self.lock_lost is not None:
+                raise self.lock_lost
             if time.monotonic() > deadline:
                 raise TerminalError("clone partitions held by other workers did not finish in time")
             time.sleep(0.5)
             stats2 = cloner.run(1)  # reclaim partitions of workers that died
             stats.docs += stats2.docs
             stats.bytes += stats2.bytes
-        cloner.finish()
+        if self.lock_lost is not None:
+            raise self.lock_lost
+        self._retrying("clone finish", cloner.finish)
+        self.timeline.clone_sample(force=True)
         self.store.set_phase(self.name, Phase.SYNCING)
         return stats
+
+    def _retrying(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run an idempotent step again after a transient error (election, dropped connection), with backoff."""
+        attempts = self.cfg.tuning.retry_attempts
+        for attempt in range(attempts + 1):
+            try:
+                return step()
+            except PyMongoError as exc:
+                err = classify(exc, what)
+                if not err.transient or attempt >= attempts:
+                    raise err from None
+                log.warning("%s: %s; retrying (%d/%d)", what, err, attempt + 1, attempts)
+                backoff_sleep(attempt, self.cfg.tuning.retry_max_seconds)
+        raise TerminalError(f"{what} kept failing")  # pragma: no cover - the loop returns or raises
 
     # -- sync -------------------------------------------------------------------
     def start_sync(self, on_tick: Callable[[Any], None] | None = None) -> SyncRunner:
         if self.runner is None or not self.runner.alive():
-            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=on_tick or self.on_tick)
+            outer = on_tick or self.on_tick
+
+            def tick(state: Any) -> None:
+                self.timeline.sync_sample(state)
+                if outer is not None:
+                    outer(state)
+
+            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=tick)
             self.runner.start()
         return self.runner
 
@@ -264,11 +312,43 @@ class Migration:
         self.record_decision(
             Decision(action="cutover", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds)
         )
-        doc = self.store.set_phase(self.name, Phase.CUTTING_OVER)
+        self.store.set_phase(self.name, Phase.CUTTING_OVER)
+        return self._finish_cutover(verify, already_blocked=False)
+
+    def interrupted_cutover(self) -> Decision | None:
+        """The approval of a cutover whose process stopped (crash, kill -9, SIGTERM) before it finished."""
+        doc = self.store.load(self.name)
+        if doc.phase != Phase.CUTTING_OVER:
+            return None
+        approvals = [d for d in doc.decisions if d.action == "cutover"]
+        return approvals[-1] if approvals else Decision(action="cutover", approver="", reason="")
+
+    def resume_cutover(self, verify: VerifyFn) -> CutoverResult:
+        """Carry on an approved cutover after a crash: the approval stands, so it is not asked for again.
+
+        Why: a cutover stopped mid-drain leaves the source possibly write-blocked and
+        the application stopped; asking for a new approval (which requires a low lag
+        while the sync restarts) would keep the outage going.  The drain, the final
+        verification and the finalization are all idempotent, so they are redone.
+        """
+        approval = self.interrupted_cutover()
+        if approval is None:
+            raise CutoverRefused(f"migration {self.name!r} has no interrupted cutover to resume")
+        self.record_decision(
+            Decision(
+                action="cutover-resumed",
+                approver=approval.approver,
+                reason="the process driving the approved cutover stopped before it finished",
+            )
+        )
+        log.warning("resuming the cutover approved by %s", approval.approver or "(unnamed)")
+        return self._finish_cutover(verify, already_blocked=self.store.load(self.name).write_blocked)
+
+    def _finish_cutover(self, verify: VerifyFn, *, already_blocked: bool) -> CutoverResult:
         runner = self.start_sync()
         result = CutoverResult()
-        blocked = self._block_writes()
         try:
+            blocked = already_blocked or self._block_writes()
             if not blocked:
                 self._wait_source_quiet(result)
             target = latest_optime(self.src)
@@ -281,6 +361,7 @@ class Migration:
             runner.stop()
             if runner.state.error is not None:
                 raise runner.state.error
+            self.timeline.sync_sample(runner.state, force=True)
             doc = self.store.load(self.name)
             summary = verify(doc)
             result.verification = summary
@@ -301,20 +382,24 @@ class Migration:
             log.info("migration complete")
             return result
         except BaseException as exc:
-            if blocked:
-                self._unblock_writes(self.store.load(self.name))
+            self._unblock_writes(self.store.load(self.name))  # whatever the record says is blocked
             if isinstance(exc, LiveMigrateError):
                 self.fail(exc)
             raise
 
     def _block_writes(self) -> bool:
-        """setUserWriteBlockMode on the source where supported and permitted."""
+        """setUserWriteBlockMode on the source where supported and permitted.
+
+        Recorded before it is sent: a reply lost to a network error may hide a block the
+        server applied, and the record is what makes a failed cutover or a cancel unblock.
+        """
+        self.store.update(self.name, write_blocked=True)
         try:
             self.src.admin.command({"setUserWriteBlockMode": 1, "global": True})
         except OperationFailure as exc:
+            self.store.update(self.name, write_blocked=False)  # refused: nothing was blocked
             log.info("source write blocking unavailable (%s): watching the source's optime instead", exc.code)
             return False
-        self.store.update(self.name, write_blocked=True)
         return True
 
     def _unblock_writes(self, doc: MigrationDoc) -> None:

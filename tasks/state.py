@@ -40,7 +40,8 @@ TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.CREATED: frozenset({Phase.CLONING, Phase.CANCELLED, Phase.FAILED}),
     Phase.CLONING: frozenset({Phase.SYNCING, Phase.CANCELLED, Phase.FAILED}),
     Phase.SYNCING: frozenset({Phase.CUTTING_OVER, Phase.CANCELLED, Phase.EXPIRED, Phase.FAILED}),
-    # A cutover that cannot drain (writes keep arriving) goes back to syncing with the reason.
+    # A cutover that fails (writes keep arriving, differences found) is marked failed with the reason; the next
+    # `migrate` resumes syncing from failed.  A crashed cutover stays here and is resumed (Migration.resume_cutover).
     Phase.CUTTING_OVER: frozenset({Phase.COMPLETE, Phase.FAILED, Phase.CANCELLED, Phase.SYNCING}),
     # A failed migration can be resumed where it stopped once the cause is fixed, or cancelled.
     Phase.FAILED: frozenset({Phase.CLONING, Phase.SYNCING, Phase.CUTTING_OVER, Phase.CANCELLED}),
@@ -118,6 +119,7 @@ class MigrationDoc(_Record):
     history: list[dict[str, Any]] = Field(default_factory=list)
     pending_decision: dict[str, Any] | None = None  # a CLI request the flow has not consumed yet
     write_blocked: bool = False
+    fcv: dict[str, str | None] = Field(default_factory=dict)  # featureCompatibilityVersion of each side at begin
 
     def to_mongo(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="python")

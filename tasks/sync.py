@@ -4,7 +4,11 @@ Why: the destination must follow the source until cutover, survive crashes and
 restarts without losing an event, and say how far behind it is.  The resume
 token is stored only after every earlier event is applied (each batch is
 applied completely, across all lanes, before its token is written with
-majority write concern).
+majority write concern).  Transient errors (network, elections, a server
+restart) reopen the stream from that checkpoint with backoff; the failure
+budget (``retry_attempts``) counts consecutive failures, so it starts afresh
+after every batch that is applied and checkpointed.  A stop (``stop()``, also
+what SIGTERM leads to) lets the batch in hand finish and checkpoint first.
 """
 
 from __future__ import annotations
@@ -31,11 +35,13 @@ from tasks.metadata import MetadataStore
 from tasks.mongo import latest_optime
 from tasks.namespaces import NamespaceFilter
 from tasks.progress import RateMeter
-from tasks.state import Checkpoint, Lag, utcnow
+from tasks.state import ACTIVE, Checkpoint, Lag, Phase, utcnow
 
 log = logging.getLogger(__name__)
 
 EVENT_CODEC = CodecOptions(document_class=RawBSONDocument)
+FCV_POLL_SECONDS = 10.0
+"""How often the sync compares both sides' featureCompatibilityVersion with the versions at begin."""
 
 
 def ts_dict(ts: Timestamp | None) -> dict[str, int] | None:
@@ -86,6 +92,25 @@ class SyncState:
     error: LiveMigrateError | None = None
     running: bool = False
     stats: ApplyStats = field(default_factory=ApplyStats)
+    checkpoint_events: int | None = None  # applied_events recorded with the last stored checkpoint
+    checkpoint_time: Timestamp | None = None  # its cluster time
+    failures: int = 0  # consecutive transient failures (reset by every checkpointed batch)
+    reconnects: int = 0  # transient failures ridden out since start
+
+
+def catch_up_estimate(lag_seconds: float, applied_speed: float) -> float | None:
+    """Seconds until the lag reaches zero, or None while it is not closing.
+
+    ``applied_speed`` is how many seconds of the source's history the sync
+    applies per wall-clock second; the source writes one second of history
+    per second, so the gap closes at ``applied_speed - 1``.
+    """
+    if lag_seconds <= 0:
+        return 0.0
+    closing = applied_speed - 1.0
+    if closing <= 0.05:
+        return None
+    return round(lag_seconds / closing, 1)
 
 
 class SyncRunner:
@@ -110,6 +135,7 @@ class SyncRunner:
         self.on_tick = on_tick
         self._thread: threading.Thread | None = None
         self._rate = RateMeter()
+        self._applied_clock: RateMeter | None = None  # seconds of source history applied per wall-clock second
         self._last_persist = 0.0
         self._window_open = False  # the stored record already says ready (window opened)
         self._last_fcv_check = 0.0
@@ -122,14 +148,42 @@ class SyncRunner:
         self._thread = threading.Thread(target=self._thread_main, name=f"sync-{self.name}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop after the batch in hand is applied and checkpointed; False if the thread did not end in time.
+
+        The sync loop checks the stop request between events, applies what it
+        collected, writes that batch's checkpoint and returns, so the stored
+        checkpoint is the last fully applied batch.  A thread stuck past
+        ``timeout`` (e.g. on an unreachable destination) is left behind: the
+        checkpoint it wrote last stands, which is never ahead of applied data.
+        """
         self.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning(
+                "sync thread did not stop within %.0fs; the last checkpoint (event %s) stands",
+                timeout,
+                self.state.checkpoint_events,
+            )
+            return False
+        cp = self.state.checkpoint_time
+        log.info(
+            "sync stopped; checkpoint at event %s (cluster time %s)",
+            self.state.checkpoint_events,
+            f"{cp.time}.{cp.inc}" if cp else None,
+        )
+        return True
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def abort(self, exc: LiveMigrateError) -> None:
+        """Stop with an error found outside the loop (e.g. the destination lock was lost)."""
+        self.state.error = exc
+        self.stop_event.set()
 
     def _thread_main(self) -> None:
         try:
@@ -141,33 +195,45 @@ class SyncRunner:
             self.state.error = classify(exc)
             log.error("sync stopped: %s", self.state.error)
         finally:
+            if self.state.error is not None:
+                self._record_failure(self.state.error)
             with self._changed:
                 self._changed.notify_all()
+
+    def _record_failure(self, exc: LiveMigrateError) -> None:
+        """The sync stopped on an error: the migration is failed (resumable once the cause is fixed).
+
+        Recorded here, not only by whoever waits on the runner, so `describe`
+        shows it at once even while the flow sits paused for a decision.
+        """
+        try:
+            doc = self.store.load(self.name)
+            if doc.phase in ACTIVE:
+                self.store.set_phase(self.name, Phase.FAILED, error=exc.one_line())
+        except (PyMongoError, LiveMigrateError) as err:
+            log.warning("could not record the sync failure in the metadata store: %s", type(err).__name__)
 
     # -- the loop -------------------------------------------------------------
     def run(self) -> None:
         """Follow the stream until stop_event; retry transient errors from the last checkpoint."""
         self.state.running = True
-        failures = 0
+        st = self.state
+        st.failures = 0
         applier = Applier(self.dst, self.nsfilter, self.cfg.tuning.sync_lanes, source=self.src)
         try:
             while not self.stop_event.is_set():
                 try:
                     self._follow(applier)
-                    failures = 0
-                except LiveMigrateError:
-                    raise
-                except PyMongoError as exc:
-                    err = classify(exc, "change stream")
-                    if isinstance(err, HistoryLostError):
+                except (PyMongoError, LiveMigrateError) as exc:
+                    err = classify(exc)
+                    if isinstance(err, HistoryLostError) or not isinstance(err, TransientError):
                         raise err from None
-                    if not isinstance(err, TransientError):
-                        raise err from None
-                    failures += 1
-                    if failures > self.cfg.tuning.retry_attempts:
-                        raise TransientError(f"sync gave up after {failures} failures: {err}") from None
-                    delay = min(self.cfg.tuning.retry_max_seconds, 0.5 * 2**failures)
-                    log.warning("sync: %s; reconnecting in %.1fs (%d)", err, delay, failures)
+                    st.failures += 1
+                    st.reconnects += 1
+                    if st.failures > self.cfg.tuning.retry_attempts:
+                        raise TransientError(f"sync gave up after {st.failures} failures in a row: {err}") from None
+                    delay = min(self.cfg.tuning.retry_max_seconds, 0.5 * 2**st.failures)
+                    log.warning("sync: %s; reconnecting in %.1fs (%d in a row)", err, delay, st.failures)
                     self.stop_event.wait(delay)
         finally:
             applier.close()
@@ -182,6 +248,8 @@ class SyncRunner:
             kwargs["start_after"] = cp.token
             self.state.applied_events = max(self.state.applied_events, cp.applied_events)
             self.state.applied_time = self.state.applied_time or ts_from(cp.cluster_time)
+            if self.state.checkpoint_events is None:
+                self.state.checkpoint_events, self.state.checkpoint_time = cp.applied_events, ts_from(cp.cluster_time)
         elif doc.start_token:
             kwargs["start_after"] = doc.start_token
         elif doc.start_time:
@@ -199,10 +267,13 @@ class SyncRunner:
                     latest_optime(self.src) if self.state.lag_seconds is None or self.state.lag_seconds < 5 else None
                 )
                 batch: list[Any] = []
+                caught_up = False  # the server answered "nothing more" after `before` was read
                 deadline = time.monotonic() + 0.5
-                while len(batch) < limit and time.monotonic() < deadline:
+                # A stop request ends the collection early: what is in hand is applied and checkpointed.
+                while len(batch) < limit and time.monotonic() < deadline and not self.stop_event.is_set():
                     ev = stream.try_next()
                     if ev is None:
+                        caught_up = True
                         break
                     batch.append(ev)
                 applied_time = self.state.applied_time
@@ -210,7 +281,7 @@ class SyncRunner:
                     applier.apply(batch, self.state.stats)
                     self._record_index_changes()
                     applied_time = batch[-1].get("clusterTime") or applied_time
-                elif before is not None and (applied_time is None or before > applied_time):
+                elif caught_up and before is not None and (applied_time is None or before > applied_time):
                     # An empty getMore: every event up to `before` has been seen (and applied).
                     applied_time = before
                 self._checkpoint(stream.resume_token, applied_time, self.state.applied_events + len(batch))
@@ -242,20 +313,38 @@ class SyncRunner:
             applied_events=applied_events,
         )
         self.store.save_checkpoint(cp)
+        st = self.state
+        st.checkpoint_events, st.checkpoint_time = applied_events, applied_time
+        st.failures = 0  # a batch went all the way through: the failure budget starts afresh
 
     def _check_fcv(self) -> None:
         now = time.monotonic()
-        if now - self._last_fcv_check < 10:
+        if now - self._last_fcv_check < FCV_POLL_SECONDS:
             return
         self._last_fcv_check = now
         cur = (fcv(self.src), fcv(self.dst))
-        if self._fcv is None:
-            self._fcv = cur
-        elif cur != self._fcv and None not in cur:
-            raise FCVChangedError(
-                f"featureCompatibilityVersion changed during the migration (source {self._fcv[0]} -> {cur[0]}, "
-                f"destination {self._fcv[1]} -> {cur[1]})"
-            )
+        if self._fcv is None:  # the versions recorded at begin, so a change during the clone counts too
+            began = self.store.load(self.name).fcv
+            self._fcv = (began.get("source"), began.get("destination"))
+        # A side that could not be read (then or now) is compared from its first reading on.
+        self._fcv = (self._fcv[0] or cur[0], self._fcv[1] or cur[1])
+        changed = [
+            f"{side} {was} -> {new}"
+            for side, was, new in zip(("source", "destination"), self._fcv, cur, strict=True)
+            if new is not None and new != was
+        ]
+        if changed:
+            raise FCVChangedError(f"featureCompatibilityVersion changed during the migration ({', '.join(changed)})")
+
+    def _applied_speed(self) -> float:
+        """Seconds of the source's history applied per second (smoothed); 0 until measured."""
+        t = self.state.applied_time
+        if t is None:
+            return 0.0
+        if self._applied_clock is None:
+            self._applied_clock = RateMeter(_last_v=float(t.time))
+            return 0.0
+        return self._applied_clock.update(float(t.time))
 
     def _measure(self) -> None:
         st = self.state
@@ -269,7 +358,7 @@ class SyncRunner:
                 st.lag_seconds = 0.0
         st.events_per_second = self._rate.update(st.applied_events)
         if st.lag_seconds is not None:
-            st.catch_up_seconds = 0.0 if st.lag_seconds == 0 else (st.lag_seconds if st.events_per_second > 0 else None)
+            st.catch_up_seconds = catch_up_estimate(st.lag_seconds, self._applied_speed())
             if st.lag_seconds <= self.cfg.cutover.max_lag_seconds:
                 st.under_lag_since = st.under_lag_since or time.monotonic()
                 if time.monotonic() - st.under_lag_since >= self.cfg.cutover.ready_after_seconds:
@@ -298,17 +387,17 @@ class SyncRunner:
             updated_at=utcnow(),
         )
         fields: dict[str, Any] = {"lag": lag}
-        if st.ready and not self._window_open:
-            doc = self.store.load(self.name)
-            if not doc.ready:
-                now_dt = utcnow()
-                fields.update(
-                    ready=True,
-                    ready_since=now_dt,
-                    window_opens_at=now_dt,
-                    window_closes_at=now_dt + dt.timedelta(hours=self.cfg.cutover.window_hours),
-                )
         try:
+            if st.ready and not self._window_open:
+                doc = self.store.load(self.name)
+                if not doc.ready:
+                    now_dt = utcnow()
+                    fields.update(
+                        ready=True,
+                        ready_since=now_dt,
+                        window_opens_at=now_dt,
+                        window_closes_at=now_dt + dt.timedelta(hours=self.cfg.cutover.window_hours),
+                    )
             self._window_open = self.store.update(self.name, **fields).ready
         except PyMongoError as exc:
             log.warning("could not persist lag: %s", type(exc).__name__)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from bson import encode
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pydantic import SecretStr
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 
 from tasks.config import MigrationConfig, config_from_dict
 
@@ -136,3 +140,183 @@ def seed_writer_data(client: MongoClient[Any], db: str) -> None:
     client[db]["live"].insert_many([{"_id": i, "v": i, "tags": [], "n": 0} for i in range(300)])
     client[db]["uniq"].insert_many([{"_id": i, "email": f"user{i}@example.com"} for i in range(50)])
     client[db]["uniq"].create_index("email", unique=True)
+
+
+class CommandFailures(monitoring.CommandListener):
+    """Counts, per command name, what a client saw go wrong: error replies, dropped connections,
+    and write concern errors (a reply that is ok but carries ``writeConcernError``)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        pass
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        reply = event.reply
+        if reply is not None and "writeConcernError" in reply:
+            with self._lock:
+                self.counts[event.command_name] += 1
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        with self._lock:
+            self.counts[event.command_name] += 1
+
+    def total(self, names: list[str]) -> int:
+        with self._lock:
+            return sum(self.counts[n] for n in names)
+
+
+def configure_fail_command(client: MongoClient[Any], mode: Any, **data: Any) -> None:
+    """``configureFailPoint failCommand`` (the server needs test commands enabled); mode "off" clears it."""
+    client.admin.command({"configureFailPoint": "failCommand", "mode": mode, "data": data})
+
+
+@contextmanager
+def fail_command(client: MongoClient[Any], mode: Any, **data: Any) -> Iterator[None]:
+    """A failCommand fail point for the duration of the block (always switched off afterwards)."""
+    configure_fail_command(client, mode, **data)
+    try:
+        yield
+    finally:
+        configure_fail_command(client, "off")
+
+
+@dataclass
+class Fault:
+    """One injected server fault: fail ``commands`` ``times`` times for clients named ``app``."""
+
+    commands: list[str]
+    times: int
+    data: dict[str, Any]
+
+    def describe(self) -> str:
+        what = "closeConnection" if self.data.get("closeConnection") else None
+        what = what or (
+            f"writeConcernError {self.data['writeConcernError'].get('code')}"
+            if "writeConcernError" in self.data
+            else None
+        )
+        return f"{'+'.join(self.commands)} x{self.times} {what or 'errorCode ' + str(self.data.get('errorCode'))}"
+
+
+class FaultSchedule(threading.Thread):
+    """Injects faults one after another on one server, each until the migrator's client saw it ``times`` times.
+
+    ``admin`` configures the fail points (it is not named ``app``, so it is never failed);
+    ``seen`` is the CommandFailures listener of the migrator's client on that server.
+    """
+
+    def __init__(
+        self,
+        admin: MongoClient[Any],
+        app: str,
+        seen: CommandFailures,
+        faults: list[Fault],
+        per_fault_s: float = 30.0,
+        gap_s: float = 1.0,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.admin, self.app, self.seen, self.faults, self.per_fault_s = admin, app, seen, faults, per_fault_s
+        self.gap_s = gap_s  # quiet time between two faults, so some work gets through in between
+        self.fired: list[str] = []
+        self.missed: list[str] = []
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for f in self.faults:
+                if self.stop_event.is_set():
+                    self.missed.append(f.describe())
+                    continue
+                before = self.seen.total(f.commands)
+                configure_fail_command(
+                    self.admin, {"times": f.times}, failCommands=f.commands, appName=self.app, **f.data
+                )
+                ok = wait_until(functools.partial(self._seen, f, before), self.per_fault_s, 0.02)
+                configure_fail_command(self.admin, "off")
+                (self.fired if ok and not self.stop_event.is_set() else self.missed).append(f.describe())
+                self.stop_event.wait(self.gap_s)
+        except BaseException as exc:  # noqa: BLE001 - reported by finish()
+            self.error = exc
+        finally:
+            try:
+                configure_fail_command(self.admin, "off")
+            except Exception:  # noqa: BLE001, S110 - best effort; the server may be gone
+                pass
+
+    def _seen(self, fault: Fault, before: int) -> bool:
+        return self.stop_event.is_set() or self.seen.total(fault.commands) - before >= fault.times
+
+    def finish(self, timeout: float = 60.0) -> list[str]:
+        """Wait for the schedule to end; returns the faults that fired."""
+        self.join(timeout)
+        if self.is_alive():
+            self.stop_event.set()
+            self.join(10)
+        if self.error:
+            raise self.error
+        return self.fired
+
+
+class RetryingWriter(threading.Thread):
+    """A steady writer that rides out server restarts: a network error pauses it, then it carries on.
+
+    Inserts, $set/$inc/$push updates, replaces, deletes and a multi-document update, like Writer,
+    but an operation interrupted by a dropped connection is simply not retried (the source is the
+    truth either way) and an insert that did land before the error is not inserted twice.
+    """
+
+    def __init__(self, client: MongoClient[Any], db: str, seed: int = 1, rate_sleep: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.client, self.db, self.seed, self.rate_sleep = client, db, seed, rate_sleep
+        self.stop_event = threading.Event()
+        self.ops = 0
+        self.interruptions = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        import random
+
+        from pymongo.errors import ConnectionFailure, DuplicateKeyError
+
+        rnd = random.Random(self.seed)
+        coll = self.client[self.db]["live"]
+        next_id = 100_000
+        while not self.stop_event.is_set():
+            k = rnd.randrange(0, 300)
+            r = rnd.random()
+            try:
+                if r < 0.3:
+                    next_id += 1
+                    coll.insert_one({"_id": next_id, "v": rnd.random(), "tags": []})
+                elif r < 0.55:
+                    coll.update_one({"_id": k}, {"$set": {"s": rnd.random()}, "$inc": {"n": 1}})
+                elif r < 0.65:
+                    coll.update_one({"_id": k}, {"$unset": {"s": ""}, "$push": {"tags": rnd.randrange(10)}})
+                elif r < 0.75:
+                    coll.replace_one({"_id": k}, {"_id": k, "replaced": True, "r": rnd.random()}, upsert=True)
+                elif r < 0.95:
+                    coll.delete_one({"_id": rnd.randrange(0, next_id)})
+                else:
+                    coll.update_many({"_id": {"$lt": 20}}, {"$inc": {"bulk": 1}})
+                self.ops += 1
+            except DuplicateKeyError:
+                pass  # an insert interrupted after it landed
+            except ConnectionFailure:
+                self.interruptions += 1
+                self.stop_event.wait(0.5)
+            except BaseException as exc:  # noqa: BLE001 - reported by stop()
+                self.error = exc
+                return
+            if self.rate_sleep:
+                time.sleep(self.rate_sleep)
+
+    def stop(self) -> int:
+        self.stop_event.set()
+        self.join(30)
+        if self.error:
+            raise self.error
+        return self.ops

@@ -120,7 +120,47 @@ def test_cutover_through_resume_flow_run(
     assert_same_data(src_client, dst_client, [dbname])
     # unique index restored at cutover
     assert dst_client[dbname]["uniq"].index_information()["email_1"].get("unique") is True
-    assert (tmp_path / "report").exists()
+    assert (tmp_path / "report" / "migration-report.html").exists()
+    assert cut["report"] == str(tmp_path / "report" / "migration-report.html")
+    assert store.last_report(name, "migration")["charts"]["lag"]["samples"] >= 1  # type: ignore[index]
+
+
+def test_flow_resumes_a_cutover_whose_process_was_killed(
+    prefect_harness: None,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    from tests.reliability.test_cutover_resume import spawn_cutover
+
+    seed_writer_data(src_client, dbname)
+    path = write_config(tmp_path, pair, dbname, quiesce_seconds=1.5)
+    name = f"flow-{dbname}"[:60]
+    store = MetadataStore(dst_client)
+    writer = Writer(src_client, dbname, rate_sleep=0.002)
+    writer.start()
+    proc = spawn_cutover(path, "frank")
+    try:
+        assert wait_until(lambda: (d := store.get(name)) is not None and d.phase == Phase.CUTTING_OVER, 90, 0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        writer.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # The same migration started again as a flow: the approved cutover goes on, no new pause.
+    t = FlowThread(config=str(path), skip_prechecks=False)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), f"flow still running: {store.load(name).phase}"
+    assert t.error is None, t.error
+    assert t.result["phase"] == "complete" and t.result["cutover"]["verification_equal"] is True
+    assert [d.action for d in store.load(name).decisions] == ["cutover", "cutover-resumed"]
+    assert_same_data(src_client, dst_client, [dbname])
 
 
 def test_cutover_through_the_cli_and_refusal_when_not_ready(

@@ -20,7 +20,7 @@ from tasks.metadata import MetadataStore
 from tasks.migration import Migration
 from tasks.state import PartitionStatus
 from tests.conftest import Deployment, requires_secantus
-from tests.helpers import assert_same_data, make_config, wait_until
+from tests.helpers import Writer, assert_same_data, make_config, seed_writer_data, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,3 +160,36 @@ def test_no_leftover_processes() -> None:
     """Helpers above stop every server they start (pgrep finds none of their storage paths)."""
     r = subprocess.run(["pgrep", "-f", "tests.migrator_proc"], capture_output=True, text=True)
     assert r.stdout.strip() == "" or all(int(p) != os.getpid() for p in r.stdout.split())
+
+
+@requires_secantus("restarts the destination server")
+def test_destination_restart_during_sync(tmp_path: Path) -> None:
+    """The destination goes away mid-sync (writes, checkpoints and the lock heartbeat fail), then comes back."""
+    with ServerPair(tmp_path / "dst-restart") as sp:
+        src = MongoClient(sp.source.uri(), serverSelectionTimeoutMS=20000)
+        dst = MongoClient(sp.destination.uri(), serverSelectionTimeoutMS=20000)
+        seed_writer_data(src, "app")
+        tuning = {"retry_max_seconds": 2, "connect_timeout_seconds": 2}
+        cfg = make_config(sp.source.uri(), sp.destination.uri(), "app", tuning=tuning)
+        writer = Writer(src, "app", seed=5, rate_sleep=0.003)
+        with Migration(cfg) as m:  # the engine's own clients: server selection gives up after 2 s
+            m.begin()
+            m.clone()
+            runner = m.start_sync()
+            writer.start()
+            assert runner.wait(lambda st: st.applied_events > 50, 30)
+            sp.destination.stop()  # data kept (--storage-path); the migrator's connections break
+            time.sleep(4)  # longer than server selection waits: the sync sees the outage
+            sp.destination.start()
+            applied = runner.state.applied_events
+            assert runner.wait(lambda st: st.applied_events > applied + 50, 60), "the sync did not continue"
+            writer.stop()
+            from tasks.mongo import latest_optime
+
+            target = latest_optime(src)
+            assert runner.wait(lambda st: runner.applied_through(target), 60)
+            assert runner.state.reconnects > 0
+            assert_same_data(src, dst, ["app"])
+        writer.stop_event.set()
+        src.close()
+        dst.close()

@@ -1,0 +1,98 @@
+"""The rules behind the retries and the graceful stop, without a server.
+
+- a write concern error (the write happened, but is not replicated as asked) is transient;
+- a document the destination refuses is terminal and names its namespace and _id;
+- a failed lane does not leave other lanes writing while the sync starts over;
+- SIGTERM and SIGINT become ShutdownRequested, with exit codes 143 and 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import zlib
+
+import pytest
+from bson import encode
+from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, WriteConcernError
+
+from tasks.apply import Applier, ApplyStats, Write
+from tasks.config import NamespaceRules
+from tasks.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    DocumentRejectedError,
+    TerminalError,
+    TransientError,
+    classify,
+)
+from tasks.namespaces import NamespaceFilter
+from tasks.shutdown import ShutdownRequested, graceful_shutdown, requested
+
+pytestmark = pytest.mark.unit
+WCE = {"code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out"}
+
+
+def test_write_concern_errors_are_transient() -> None:
+    assert isinstance(classify(WriteConcernError(WCE["errmsg"], 64, WCE)), TransientError)
+    only_wce = BulkWriteError({"writeErrors": [], "writeConcernErrors": [WCE], "nInserted": 1})
+    assert isinstance(classify(only_wce), TransientError)
+    rejected = BulkWriteError(
+        {"writeErrors": [{"index": 0, "code": 121, "errmsg": "invalid"}], "writeConcernErrors": []}
+    )
+    assert isinstance(classify(rejected), TerminalError) and not classify(rejected).transient
+    assert not classify(OperationFailure("bad value", 2)).transient
+
+
+def test_applier_turns_write_errors_into_typed_errors() -> None:
+    from pymongo import ReplaceOne
+
+    ops = [ReplaceOne({"_id": 7}, {"_id": 7, "x": 1}, upsert=True)]
+    with pytest.raises(TransientError):
+        Applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [], "writeConcernErrors": [WCE]}))
+    dup = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: db.c index: email_1"}
+    with pytest.raises(DocumentRejectedError) as info:
+        Applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [dup], "writeConcernErrors": []}))
+    assert info.value.ns == "db.c" and info.value.doc_id == 7
+    racing_upsert = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: db.c index: _id_"}
+    Applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [racing_upsert], "writeConcernErrors": []}))
+
+
+def test_flush_waits_for_every_lane_before_raising(monkeypatch: pytest.MonkeyPatch) -> None:
+    lanes = 4
+    applier = Applier(object(), NamespaceFilter.from_rules(NamespaceRules(include=["db.*"])), lanes)  # type: ignore[arg-type]
+    pending = {("db.c", encode({"_id": i})): Write("db.c", i, None) for i in range(16)}
+    lane_of = {i: zlib.crc32(encode({"_id": i})) % lanes for i in range(16)}
+    other_lanes = {lane for lane in lane_of.values() if lane != lane_of[0]}
+    finished: list[int] = []
+    lock = threading.Lock()
+
+    def apply_lane(writes: list[Write]) -> tuple[int, int]:
+        if any(w.id_value == 0 for w in writes):
+            raise AutoReconnect("the destination went away")
+        time.sleep(0.3)  # still writing when the first lane has already failed
+        with lock:
+            finished.append(lane_of[writes[0].id_value])
+        return 0, len(writes)
+
+    monkeypatch.setattr(applier, "_apply_lane", apply_lane)
+    try:
+        with pytest.raises(AutoReconnect):
+            applier.flush(pending, ApplyStats())
+        assert sorted(finished) == sorted(other_lanes), "a lane was still writing when the error was raised"
+    finally:
+        applier.close()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, EXIT_TERMINATED), (signal.SIGINT, EXIT_INTERRUPTED)])
+def test_signals_become_shutdown_requests(sig: signal.Signals, code: int) -> None:
+    before = signal.getsignal(sig)
+    with pytest.raises(ShutdownRequested) as info, graceful_shutdown():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # interrupted by the handler
+    assert info.value.signum == sig and info.value.exit_code == code
+    assert isinstance(info.value, KeyboardInterrupt)  # no `except Exception` on the way swallows it
+    assert signal.getsignal(sig) is before and not requested()
+    assert "\n" not in info.value.one_line("m", "run it again") and sig.name in info.value.one_line()
