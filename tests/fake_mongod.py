@@ -1,27 +1,47 @@
 """Scripted mongod/mongos servers (mockupdb) for replies no available test server can give.
 
 Why: the prechecks must be shown to refuse 6.0.12, an FCV mismatch, a
-standalone, an SCCC config server or a missing clusterMonitor, and SecantusDB
-always says 8.2.11 / replica set.  These fakes speak the real wire protocol
-to the real pymongo, with replies shaped like a real server's
-(hello/buildInfo/getParameter/connectionStatus/usersInfo/getShardMap...).
+standalone, an SCCC config server or a missing clusterMonitor; the engine's
+sharding steps (balancerStop/balancerStart, shardCollection), the cutover's
+setUserWriteBlockMode and a featureCompatibilityVersion change need a server
+that has them, and SecantusDB always says 8.2.11 / replica set and has none of
+them.  These fakes speak the real wire protocol to the real pymongo, with
+replies shaped like a real server's (hello/buildInfo/getParameter/
+connectionStatus/usersInfo/getShardMap, change-stream cursors with
+postBatchResumeToken, mongos createIndexes with per-shard ``raw``...), and
+they remember what they were told (balancer state, write blocking, sharded
+collections, indexes, inserted documents) so tests can assert the effect.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import random
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bson import ObjectId, Timestamp
+from bson import Int64, ObjectId, Timestamp
 from mockupdb import MockupDB
+from pymongo import MongoClient
 
 # maxWireVersion per release series (the MongoDB wire protocol table).
 WIRE = {(6, 0): 17, (7, 0): 21, (8, 0): 25, (8, 2): 27}
 UNAUTHORIZED = {"ok": 0, "errmsg": "not authorized on admin to execute command", "code": 13, "codeName": "Unauthorized"}
+MAX_AWAIT_MS = 200  # a tailable getMore waits at most this long (real servers: maxTimeMS, 1 s by default)
+
+
+def command_not_found(name: str) -> dict[str, Any]:
+    return {"ok": 0, "errmsg": f"no such command: '{name}'", "code": 59, "codeName": "CommandNotFound"}
+
+
+def hangup(request: Any) -> None:
+    """An override that closes the connection instead of replying (the driver sees a network error)."""
+    request.hangup()
 
 
 @dataclass
@@ -45,7 +65,10 @@ class FakeSpec:
     fs_used: int | None = 10 * 1024**3
     oplog_seconds: int = 86400
     current_op: list[dict[str, Any]] = field(default_factory=list)
-    overrides: dict[str, Any] = field(default_factory=dict)  # command name -> reply dict or callable(request)
+    # Real mongos refuse reads of `local` (IllegalOperation); the prechecks fakes keep serving an oplog there.
+    mongos_serves_oplog: bool = True
+    # command name (lower case) -> reply dict, or callable(request) returning one (None: it already answered)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeMongod:
@@ -58,6 +81,17 @@ class FakeMongod:
         self.commands: list[str] = []
         self.docs: list[dict[str, Any]] = []
         self.port = 0
+        # What the server was told, for tests to assert the effect.
+        self.optime = Timestamp(int(time.time()), 1)  # the latest write (advance() simulates one)
+        self.balancer_running = True
+        self.write_blocked = False
+        self.collections: set[str] = set()
+        self.indexes: dict[str, list[dict[str, Any]]] = {}  # as listIndexes shows them, without _id_
+        self.collations: dict[str, dict[str, Any]] = {}  # collections' non-simple default collations
+        self.sharded: dict[str, dict[str, Any]] = {}
+        self.inserted: dict[str, int] = {}
+        self._streams: dict[int, str] = {}  # open change-stream cursors: id -> ns
+        self._stopping = threading.Event()
 
     @property
     def address(self) -> str:
@@ -67,12 +101,35 @@ class FakeMongod:
     def uri(self) -> str:
         return f"mongodb://{self.address}/?directConnection=true"
 
+    def client(self, **kw: Any) -> MongoClient[Any]:
+        """A client of this server (the caller closes it)."""
+        return MongoClient(self.uri, **{"serverSelectionTimeoutMS": 5000, **kw})
+
     def start(self) -> FakeMongod:
         self.port = self.server.run()
         self.server.autoresponds(self._handle)
         return self
 
+    def sent(self, name: str) -> list[dict[str, Any]]:
+        """Every command named ``name`` (case-insensitive) this server received, in order."""
+        return [d for c, d in zip(self.commands, self.docs, strict=True) if c == name.lower()]
+
+    def position(self, name: str, **match: Any) -> int:
+        """Index in :attr:`commands` of the first ``name`` command whose fields include ``match``."""
+        for i, (c, d) in enumerate(zip(self.commands, self.docs, strict=True)):
+            if c == name.lower() and all(d.get(k) == v for k, v in match.items()):
+                return i
+        raise AssertionError(f"{name} {match} was never sent; got {self.commands}")
+
+    def advance(self) -> Timestamp:
+        """A write on this server: the latest optime moves on."""
+        now = int(time.time())
+        t = self.optime
+        self.optime = Timestamp(now, 1) if now > t.time else Timestamp(t.time, t.inc + 1)
+        return self.optime
+
     def stop(self) -> None:
+        self._stopping.set()
         # mockupdb's accept loop polls once a second; a connection wakes it so stop() returns at once.
         self.server._stopped = True
         try:
@@ -119,15 +176,147 @@ class FakeMongod:
             doc["msg"] = "isdbgrid"
         return doc
 
+    def _cluster_time(self) -> dict[str, Any]:
+        """What replica-set members and mongos add to every reply (standalones do not)."""
+        if self.spec.topology == "standalone":
+            return {}
+        return {
+            "$clusterTime": {"clusterTime": self.optime, "signature": {"hash": b"\x00" * 20, "keyId": Int64(0)}},
+            "operationTime": self.optime,
+        }
+
+    def _token(self) -> dict[str, str]:
+        """A high-water-mark resume token at the latest optime (opaque to drivers; real ones start 82 + time)."""
+        return {"_data": f"82{self.optime.time:08X}{self.optime.inc:08X}2B0229296E04"}
+
+    def _change_stream(self, db: str, doc: dict[str, Any]) -> dict[str, Any]:
+        cid = Int64(random.randint(1, 2**62))
+        ns = f"{db}.$cmd.aggregate" if doc.get("aggregate") == 1 else f"{db}.{doc.get('aggregate')}"
+        self._streams[cid] = ns
+        return {"cursor": {"firstBatch": [], "postBatchResumeToken": self._token(), "id": cid, "ns": ns}}
+
+    def _get_more(self, doc: dict[str, Any]) -> dict[str, Any]:
+        cid = int(doc["getMore"])
+        ns = self._streams.get(cid)
+        if ns is None:
+            return {"ok": 0, "errmsg": f"cursor id {cid} not found", "code": 43, "codeName": "CursorNotFound"}
+        # An awaitData cursor with nothing new waits before answering; mockupdb serves every connection
+        # under one lock, so release it meanwhile.
+        with self.server._unlock():
+            self._stopping.wait(min(int(doc.get("maxTimeMS") or 1000), MAX_AWAIT_MS) / 1000)
+        return {"cursor": {"nextBatch": [], "postBatchResumeToken": self._token(), "id": Int64(cid), "ns": ns}}
+
+    @staticmethod
+    def _simple(collation: Any) -> bool:
+        return not collation or dict(collation).get("locale") == "simple"
+
+    def _build_index(self, ns: str, spec: dict[str, Any]) -> dict[str, Any] | None:
+        """Add one index as mongod stores it; an error reply, or None when built (or already there)."""
+        index = {k: v for k, v in spec.items() if k != "collation"}
+        collation: Any = spec.get("collation", self.collations.get(ns))  # none given: the collection's
+        if not self._simple(collation):
+            index["collation"] = dict(collation)
+        for old in self.indexes.get(ns, []):
+            if old["name"] == index["name"]:
+                if old == index:
+                    return None
+                return {
+                    "ok": 0,
+                    "errmsg": "An existing index has the same name as the requested index. "
+                    f"Requested index: {index}, existing index: {old}",
+                    "code": 86,
+                    "codeName": "IndexKeySpecsConflict",
+                }
+        self.indexes.setdefault(ns, []).append(index)
+        return None
+
+    def _create_indexes(self, db: str, doc: dict[str, Any]) -> dict[str, Any]:
+        ns = f"{db}.{doc['createIndexes']}"
+        before = 1 + len(self.indexes.get(ns, []))
+        created = ns not in self.collections
+        self.collections.add(ns)
+        for spec in doc.get("indexes", []):
+            error = self._build_index(ns, dict(spec))
+            if error is not None:
+                return error
+        one = {
+            "numIndexesBefore": before,
+            "numIndexesAfter": 1 + len(self.indexes[ns]),
+            "createdCollectionAutomatically": created,
+            "commitQuorum": "votingMembers",
+            "ok": 1,
+        }
+        if self.spec.topology == "sharded":  # mongos answers with each shard's reply under `raw`
+            return {"raw": {"shard0/s0.example.net:27018": one}}
+        return {k: v for k, v in one.items() if k != "ok"}
+
+    def _shard_collection(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """mongod's checks (shard_key_util.cpp): simple collation, then a useful index or an empty collection."""
+        ns = str(doc["shardCollection"])
+        key = list(dict(doc["key"]).items())
+        default = self.collations.get(ns)
+        if default and not (doc.get("collation") and self._simple(doc["collation"])):
+            return {
+                "ok": 0,
+                "errmsg": f"Collection has default collation: {default}. Must specify collation {{locale: 'simple'}}",
+                "code": 2,
+                "codeName": "BadValue",
+            }
+        useful = [
+            i
+            for i in self.indexes.get(ns, [])
+            if list(dict(i["key"]).items())[: len(key)] == key
+            and not i.get("sparse")
+            and "partialFilterExpression" not in i
+            and "collation" not in i
+        ]
+        if not useful:
+            if self.inserted.get(ns):
+                return {
+                    "ok": 0,
+                    "errmsg": "Please create an index that starts with the proposed shard key before sharding "
+                    "the collection. ",
+                    "code": 72,
+                    "codeName": "InvalidOptions",
+                }
+            # An empty collection: the server builds the shard-key index itself, with the simple collation.
+            name = "_".join(f"{k}_{v}" for k, v in key)
+            error = self._build_index(ns, {"v": 2, "key": dict(key), "name": name, "collation": {"locale": "simple"}})
+            if error is not None:
+                return error
+        self.collections.add(ns)
+        self.sharded[ns] = dict(key)
+        return {"collectionsharded": ns}
+
+    def _mongos_only(self, name: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """Commands a mongos has and a replica-set member does not (there: CommandNotFound)."""
+        if self.spec.topology != "sharded":
+            return command_not_found(next(iter(doc), name))
+        if name == "balancerstop":
+            self.balancer_running = False
+            return {}
+        if name == "balancerstart":
+            self.balancer_running = True
+            return {}
+        if name == "enablesharding":
+            return {}
+        return self._shard_collection(doc)
+
     def _cursor(self, ns: str, batch: list[dict[str, Any]]) -> dict[str, Any]:
         return {"cursor": {"id": 0, "ns": ns, "firstBatch": batch}}
 
     def _find(self, db: str, doc: dict[str, Any]) -> dict[str, Any]:
         coll = doc.get("find")
+        if db == "local" and self.spec.topology == "sharded" and not self.spec.mongos_serves_oplog:
+            return {
+                "ok": 0,
+                "errmsg": "can't use 'local' database through mongos",
+                "code": 20,
+                "codeName": "IllegalOperation",
+            }
         if db == "local" and coll == "oplog.rs":
-            now = int(dt.datetime.now(dt.UTC).timestamp())
             natural = (doc.get("sort") or {}).get("$natural", 1)
-            ts = Timestamp(now - self.spec.oplog_seconds, 1) if natural == 1 else Timestamp(now, 1)
+            ts = Timestamp(self.optime.time - self.spec.oplog_seconds, 1) if natural == 1 else self.optime
             return self._cursor(f"{db}.{coll}", [{"ts": ts}])
         return self._cursor(f"{db}.{coll}", [])
 
@@ -136,7 +325,41 @@ class FakeMongod:
         v = self._version()
         if name in ("ismaster", "hello"):
             return self._hello("lsid" in doc)
-        if name in ("ping", "endsessions", "createindexes", "killcursors"):
+        if name in ("ping", "endsessions"):
+            return {}
+        if name == "createindexes":
+            return self._create_indexes(db, doc)
+        if name == "create":
+            ns = f"{db}.{doc['create']}"
+            if ns in self.collections:
+                return {
+                    "ok": 0,
+                    "errmsg": f"Collection {ns} already exists.",
+                    "code": 48,
+                    "codeName": "NamespaceExists",
+                }
+            self.collections.add(ns)
+            if not self._simple(doc.get("collation")):
+                self.collations[ns] = dict(doc["collation"])
+            return {}
+        if name == "killcursors":
+            ids = [int(c) for c in doc.get("cursors", [])]
+            for c in ids:
+                self._streams.pop(c, None)
+            return {"cursorsKilled": ids, "cursorsNotFound": [], "cursorsAlive": [], "cursorsUnknown": []}
+        if name == "getmore":
+            return self._get_more(doc)
+        if name in ("balancerstop", "balancerstart", "enablesharding", "shardcollection"):
+            return self._mongos_only(name, doc)
+        if name == "setuserwriteblockmode":
+            if "global" not in doc:
+                return {
+                    "ok": 0,
+                    "errmsg": "BSON field 'setUserWriteBlockMode.global' is missing but a required field",
+                    "code": 40414,
+                    "codeName": "IDLFailedToParse",
+                }
+            self.write_blocked = bool(doc["global"])
             return {}
         if name == "buildinfo":
             return {
@@ -172,7 +395,7 @@ class FakeMongod:
             return {"system": {"memSizeMB": s.mem_mb, "numCores": s.cores, "hostname": "fake"}, "os": {"type": "Linux"}}
         if name == "getshardmap":
             if s.topology != "sharded":
-                return {"ok": 0, "errmsg": "no such command: 'getShardMap'", "code": 59, "codeName": "CommandNotFound"}
+                return command_not_found("getShardMap")
             shard_map = {f"shard{i}": f"shard{i}/s{i}.example.net:27018" for i in range(s.shards)}
             return {"map": {**shard_map, "config": s.config_server}, "hosts": {}, "connStrings": {}}
         if name == "listshards":
@@ -199,22 +422,35 @@ class FakeMongod:
                 out.update(fsTotalSize=s.fs_total, fsUsedSize=s.fs_used)
             return out
         if name == "listcollections":
+            names = list(s.databases.get(db, []))
+            names += sorted(n.split(".", 1)[1] for n in self.collections if n.split(".", 1)[0] == db)
+            wanted = (doc.get("filter") or {}).get("name")
             batch = [
                 {"name": c, "type": "collection", "options": {}, "info": {"readOnly": False}}
-                for c in s.databases.get(db, [])
+                for c in dict.fromkeys(names)
+                if not isinstance(wanted, str) or c == wanted
             ]
             return self._cursor(f"{db}.$cmd.listCollections", batch)
         if name == "listindexes":
-            return self._cursor(f"{db}.{doc.get('listIndexes')}", [{"v": 2, "key": {"_id": 1}, "name": "_id_"}])
+            ns = f"{db}.{doc.get('listIndexes')}"
+            return self._cursor(ns, [{"v": 2, "key": {"_id": 1}, "name": "_id_"}, *self.indexes.get(ns, [])])
         if name == "find":
             return self._find(db, doc)
         if name == "aggregate":
+            if any("$changeStream" in stage for stage in doc.get("pipeline", [])):
+                return self._change_stream(db, doc)
             return self._cursor(f"{db}.{doc.get('aggregate')}", [])
-        if name in ("insert", "delete", "update"):
+        if name == "insert":
+            ns = f"{db}.{doc['insert']}"
+            n = len(doc.get("documents", []))
+            self.collections.add(ns)
+            self.inserted[ns] = self.inserted.get(ns, 0) + n
+            return {"n": n}
+        if name in ("delete", "update"):
             return {"n": 1}
         if name == "currentop":
             return {"inprog": list(s.current_op)}
-        return {"ok": 0, "errmsg": f"no such command: '{name}'", "code": 59, "codeName": "CommandNotFound"}
+        return command_not_found(next(iter(doc), name))
 
     def _handle(self, request: Any) -> bool:
         doc = dict(request.doc)
@@ -224,14 +460,16 @@ class FakeMongod:
         self.docs.append(doc)
         self.commands.append(name)
         db = doc.get("$db") or str(getattr(request, "namespace", "admin") or "admin").split(".")[0]
-        override: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = self.spec.overrides.get(name)
-        reply = (
-            (override(request) if callable(override) else dict(override))
-            if override is not None
-            else self._reply(name, db, doc)
-        )
-        reply = dict(reply)
+        override: dict[str, Any] | Callable[[Any], dict[str, Any] | None] | None = self.spec.overrides.get(name)
+        if callable(override):
+            answer = override(request)
+            if answer is None:  # it hung up or replied itself
+                return True
+            reply = dict(answer)
+        else:
+            reply = dict(override) if override is not None else self._reply(name, db, doc)
         reply.setdefault("ok", 1)
+        reply.update(self._cluster_time())
         return bool(request.replies(reply))
 
 
