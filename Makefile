@@ -37,8 +37,8 @@ test: setup
 	$(VENV)/bin/python -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check tasks checks flows deployments tests
-	$(VENV)/bin/ruff format --check tasks checks flows deployments tests
+	$(VENV)/bin/ruff check tasks checks flows deployments tests bench
+	$(VENV)/bin/ruff format --check tasks checks flows deployments tests bench
 	$(VENV)/bin/mypy
 
 format: setup

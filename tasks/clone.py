@@ -21,6 +21,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
 
+from tasks import shutdown
 from tasks.catalog import CollectionSpec, Unsupported, creation_options, estimated_size, index_for_sync, list_specs
 from tasks.config import MigrationConfig
 from tasks.errors import DocumentRejectedError, LiveMigrateError, TerminalError, TransientError, classify
@@ -34,6 +35,7 @@ from tasks.state import Partition, utcnow
 log = logging.getLogger(__name__)
 
 MAX_BATCH_DOCS = 100_000  # the server's maxWriteBatchSize
+SIMPLE_COLLATION = {"locale": "simple"}
 LEASE_SECONDS = 60.0
 
 
@@ -183,7 +185,7 @@ class Cloner:
         return self.stats
 
     def _worker_loop(self, errors: list[BaseException]) -> None:
-        while not self.stop_event.is_set() and not errors:
+        while not self.stop_event.is_set() and not shutdown.requested() and not errors:
             part = self.store.claim_partition(self.name, self.owner, LEASE_SECONDS)
             if part is None:
                 return
@@ -242,7 +244,7 @@ class Cloner:
                     batch, size = [], 0
                     self.store.partition_progress(part.id, self.owner, docs, nbytes, LEASE_SECONDS)
                     self.progress("clone", part.id, docs, part.est_docs, {"bytes": float(nbytes)})
-                    if self.stop_event.is_set():
+                    if self.stop_event.is_set() or shutdown.requested():
                         raise InterruptedError("clone stopped")
                 batch.append(doc)
                 size += n
@@ -268,6 +270,8 @@ class Cloner:
                     f"{ns}: the destination rejected the document with _id {bad_id!r}: {first.get('errmsg', '')[:200]}",
                     remedy="fix or remove that document on the source, then resume the migration",
                 ) from None
+            if exc.details.get("writeConcernErrors"):
+                raise  # applied but not replicated as asked: copy_partition classifies it transient and redoes it
             # 11000 on _id: already copied by an earlier attempt; the change stream will converge it.
 
     # -- after the copy -----------------------------------------------------
@@ -374,13 +378,15 @@ def shard_collection(dst: MongoClient[Any], entries: list[Any], supporting_index
         ns = f"{e.database}.{e.collection}"
         key = dict(e.shardCollection.key)
         if supporting_indexes:
-            dst[e.database][e.collection].create_index(list(key.items()))
+            # Simple collation: an index inheriting the collection's default collation cannot back a shard key.
+            dst[e.database][e.collection].create_index(list(key.items()), collation=SIMPLE_COLLATION)
         try:
             dst.admin.command({"enableSharding": e.database})
         except OperationFailure:
             pass  # already enabled / implicit on newer servers
         try:
-            dst.admin.command({"shardCollection": ns, "key": key})
+            # Required when the collection has a default collation (shard keys always compare binary).
+            dst.admin.command({"shardCollection": ns, "key": key, "collation": SIMPLE_COLLATION})
         except OperationFailure as exc:
             if "already sharded" not in str(exc):
                 raise TerminalError(

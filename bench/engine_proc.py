@@ -1,0 +1,57 @@
+"""The migrator as its own process, for the memory and sync benchmarks: the engine driven as a flow would.
+
+usage: python -m bench.engine_proc CONFIG.yaml MODE
+  MODE clone - begin and clone, print one JSON line (documents, seconds, peak RSS), exit
+  MODE sync  - begin, clone, start the sync, print SYNCING; when stdin closes, stop the sync,
+               print one JSON line (events applied, peak RSS, error) and exit
+
+Why: peak RSS must be the migrator's alone (not the benchmark's, which holds
+batches in memory), and the sync's lag must be measured from outside the
+process that applies the events, with no GIL shared with the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from tasks.config import load_config
+from tasks.migration import Migration
+
+
+def vm_kb(field: str) -> int:
+    """A VmXXX figure of this process from /proc (KiB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_config(argv[1])
+    mode = argv[2]
+    rss_start_kb = vm_kb("VmRSS")
+    out: dict[str, object] = {"mode": mode}
+    with Migration(cfg) as m:
+        m.begin()
+        t0 = time.perf_counter()
+        stats = m.clone()
+        out.update(docs=stats.docs, bytes=stats.bytes, clone_seconds=round(time.perf_counter() - t0, 3))
+        if mode == "sync":
+            runner = m.start_sync()
+            print("SYNCING", flush=True)
+            sys.stdin.read()  # the benchmark closes our stdin when it is done measuring
+            runner.stop()
+            out.update(applied_events=runner.state.applied_events, error=str(runner.state.error or ""))
+    # VmHWM, not getrusage's ru_maxrss: after fork+exec Linux keeps the parent's peak in ru_maxrss.
+    out.update(rss_start_kb=rss_start_kb, vm_hwm_kb=vm_kb("VmHWM"))
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,402 @@
+"""Turn the measured results into ``results.json`` and ``RESULTS.md``: figures, ratios, targets, closing note.
+
+Why: one place decides what each target is and whether it was met, so the
+JSON, the markdown and the smoke test all agree on the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+NOTES = HERE / "NOTES.md"  # hand-written: profiling before/after and the analysis of the recorded run
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue #9: a figure, how it compares, and the bound."""
+
+    key: str
+    what: str
+    bound: float
+    higher_is_better: bool
+
+
+TARGETS = (
+    Target("clone_vs_naive", "clone docs/s vs naive copy", 1.3, True),
+    Target("clone_vs_ingest_limit", "clone docs/s vs destination ingest limit", 0.8, True),
+    Target("sync_sustained_vs_capacity", "highest sustained sync rate vs destination bulk-write capacity", 0.7, True),
+    Target("sync_p99_lag_at_half_capacity_s", "p99 lag (s) at half the capacity", 2.0, False),
+    Target("verify_vs_raw_scan", "verify docs/s vs raw scan of both servers", 0.7, True),
+    Target("memory_spread", "peak RSS spread between the small and the large clone", 0.25, False),
+    Target("orchestration_overhead", "migrate flow time over engine-alone time, minus 1", 0.10, False),
+)
+
+
+def figures(results: dict[str, Any]) -> dict[str, float]:
+    """The headline figure of every target, taken from the stage results present."""
+    out: dict[str, float] = {}
+    if c := results.get("clone"):
+        out["clone_vs_naive"] = c["ratio_vs_naive"]
+        out["clone_vs_ingest_limit"] = c["ratio_vs_ingest_limit"]
+    if s := results.get("sync"):
+        out["sync_sustained_vs_capacity"] = s["ratio_sustained_to_capacity"]
+        out["sync_p99_lag_at_half_capacity_s"] = s["half_capacity_level"]["lag_p99_s"]
+    if v := results.get("verify"):
+        out["verify_vs_raw_scan"] = v["ratio_vs_raw_scan"]
+    if m := results.get("memory"):
+        out["memory_spread"] = m["peak_spread"]
+    if f := results.get("orchestration"):
+        out["orchestration_overhead"] = f["overhead"]
+    return out
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    figs = figures(results)
+    rows = []
+    for t in TARGETS:
+        if t.key not in figs:
+            continue
+        v = figs[t.key]
+        met = v >= t.bound if t.higher_is_better else v <= t.bound
+        rows.append({"target": t.key, "what": t.what, "value": v, "bound": t.bound, "met": met})
+    return rows
+
+
+def write(results: dict[str, Any], out_dir: Path) -> None:
+    results["targets"] = verdicts(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out_dir / "RESULTS.md").write_text(markdown(results))
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    sz = r["sizes"]
+    lines = [
+        "# livemigrate benchmarks",
+        "",
+        f"Produced by `{r['command']}` (size `{sz['name']}`) on {m['date']}, in {r.get('elapsed_seconds', 0):.0f} s. "
+        "Every figure is compared with a baseline measured on the same two servers in the same run: the machine has "
+        "2 cores and is shared, so absolute numbers move from run to run and the ratios much less. "
+        "Raw numbers: `results.json`; profiler call trees: `profiles/`.",
+        "",
+        "## Machine",
+        "",
+        _row("cpu count", "cpu", "memory", "python", "pymongo", "prefect", "SecantusDB", "load at start"),
+        _row(*["---"] * 8),
+        _row(
+            m["cpu_count"],
+            m["cpu_model"],
+            f"{m['memory_gib']} GiB",
+            m["python"],
+            m["pymongo"],
+            m["prefect"],
+            m["secantusdb"],
+            " ".join(str(x) for x in m["load_average_at_start"]),
+        ),
+        "",
+        "## Sizes and time",
+        "",
+        "Sizes of this run (`bench/sizes.py`; any can be changed with `LIVEMIGRATE_BENCH_<FIELD>`): "
+        + ", ".join(f"{k} {v}" for k, v in sz.items() if k != "name")
+        + ". Seconds per stage: "
+        + ", ".join(f"{k} {v}" for k, v in r.get("stage_seconds", {}).items())
+        + ". Both servers run with a 5,000-entry oplog (see the analysis: SecantusDB reads its whole oplog to "
+        "answer the engine's latest-write query).",
+        "",
+        "## Targets",
+        "",
+        _row("target", "measured", "bound", "met"),
+        _row("---", "---", "---", "---"),
+    ]
+    for t in r["targets"]:
+        op = ">=" if next(x for x in TARGETS if x.key == t["target"]).higher_is_better else "<="
+        lines.append(_row(t["what"], t["value"], f"{op} {t['bound']}", "yes" if t["met"] else "**no**"))
+    lines += _clone(r.get("clone")) + _sync(r.get("sync")) + _verify(r.get("verify"))
+    lines += _memory(r.get("memory")) + _flow(r.get("orchestration")) + _profile(r.get("profile"))
+    lines += _closing(r)
+    if NOTES.exists():
+        lines += ["", NOTES.read_text().rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def _clone(c: dict[str, Any] | None) -> list[str]:
+    if not c:
+        return []
+    out = [
+        "",
+        "## Clone",
+        "",
+        f"{c['docs']:,} documents ({c['bytes'] / 1e6:.0f} MB of BSON, about {c['bytes'] / max(1, c['docs']):.0f} B each, "
+        f"mixed types) in {c['collections']} collections with 2 secondary indexes each; median of {c['runs']} rounds, "
+        "each round runs naive, ingest limit, engine in that order on an emptied destination. "
+        "*Copy* is the data (for the engine: partition planning, collection creation and the parallel copy); "
+        "*indexes* is building the same 6 secondary indexes afterwards, timed in the last round only (the same "
+        "work for every method). MB = 10^6 bytes of BSON.",
+        "",
+        _row("method", "copy docs/s", "copy MB/s", "copy s (runs)", "indexes s", "docs/s with indexes"),
+        _row(*["---"] * 6),
+    ]
+    labels = {
+        "naive": "naive: one thread, find() -> insert_many of decoded dicts, 1,000 per batch",
+        "ingest_limit": f"ingest limit: insert_many of raw BSON batches of 1,000 from memory ({c['ingest_threads']} thread)",
+        "engine": "engine: Cloner.prepare + run (default tuning: 4 workers, 8 MB batches, 50,000-document partitions)",
+    }
+    for k, label in labels.items():
+        x = c["methods"][k]
+        out.append(
+            _row(
+                label,
+                x["docs_per_s"],
+                x["mb_per_s"],
+                ", ".join(str(s) for s in x["copy_seconds"]),
+                x["index_seconds"],
+                x["with_indexes_docs_per_s"],
+            )
+        )
+    d = c["diagnostic_engine_one_partition"]
+    out += [
+        "",
+        f"Engine / naive: **{c['ratio_vs_naive']}** (target >= 1.3); engine / ingest limit: "
+        f"**{c['ratio_vs_ingest_limit']}** (target >= 0.8). Including the index builds: "
+        f"{c['with_indexes_ratio_vs_naive']} and {c['with_indexes_ratio_vs_ingest_limit']}.",
+        "",
+        f"Diagnostic (one run, before the rounds): the engine with one partition per collection "
+        f"(`partition_docs` above the collection sizes) copied at {d['docs_per_s']} docs/s "
+        f"({d['ratio_vs_naive']}x naive, {d['ratio_vs_ingest_limit']}x the ingest limit).",
+    ]
+    return out
+
+
+def _sync(s: dict[str, Any] | None) -> list[str]:
+    if not s:
+        return []
+    cap = s["capacity"]
+    out = [
+        "",
+        "## Sync",
+        "",
+        f"Destination bulk-write capacity for the mix (50% `$set` updates, 30% inserts of ~1 KB documents, 20% deletes, "
+        f"`bulk_write` of {cap['batch']}, median of {len(cap['runs'])}): **{cap['ops_per_s']} ops/s** "
+        f"(runs: {', '.join(str(x) for x in cap['runs'])}).",
+        "",
+        f"A writer sends the same mix to the source at a fixed rate in 100 ms ticks for {s['seconds_per_level']:g} s per "
+        f"rate, over {s['seed_docs']:,} seeded documents with 2 secondary indexes, while the migrator (its own process, "
+        "default tuning: 4 lanes, batches of up to 5,000 events) follows the change stream. The lag of a write batch is "
+        "from just before it is sent to the source until the migrator's checkpoint (stored only after the batch is "
+        "applied) covers its operation time, read every 50 ms. A rate is *bounded* when every batch was applied, the "
+        "median lag of the last third of the run is at most 1 s above the first third's, and the backlog drained "
+        "within 5 s of the writer stopping; *sustained* when also the writer reached 90% of the rate.",
+        "",
+        _row(
+            "x capacity",
+            "target ops/s",
+            "achieved ops/s",
+            "lag p50 s",
+            "lag p99 s",
+            "lag max s",
+            "first/last third median s",
+            "drain s",
+            "bounded",
+            "sustained",
+        ),
+        _row(*["---"] * 10),
+    ]
+    for lv in s["levels"]:
+        out.append(
+            _row(
+                lv["fraction"],
+                lv["target_ops_per_s"],
+                lv["achieved_ops_per_s"],
+                lv["lag_p50_s"],
+                lv["lag_p99_s"],
+                lv["lag_max_s"],
+                f"{lv['lag_first_third_median_s']} / {lv['lag_last_third_median_s']}",
+                lv["drain_seconds"],
+                "yes" if lv["bounded"] else "no",
+                "yes" if lv["sustained"] else "no",
+            )
+        )
+    h = s["half_capacity_level"]
+    out += [
+        "",
+        f"Highest sustained rate: **{s['highest_sustained_ops_per_s']} ops/s** = "
+        f"**{s['ratio_sustained_to_capacity']}x** capacity (target >= 0.7). At {h['fraction']}x capacity: "
+        f"lag p50 {h['lag_p50_s']} s, p99 **{h['lag_p99_s']} s** (target < 2 s).",
+    ]
+    return out
+
+
+def _verify(v: dict[str, Any] | None) -> list[str]:
+    if not v:
+        return []
+    return [
+        "",
+        "## Verify",
+        "",
+        f"{v['docs']:,} documents on each side (the engine's copy), median of {v['runs']} runs alternating with the "
+        "baseline. Baseline: every collection of both servers scanned at once (one thread per side, raw batches of "
+        f"2,000, nothing done with them). Verification: `checks.verify.verify` as `run_verification` calls it "
+        f"({v['workers']} workers, {v['partition_docs']:,}-document partitions; {v['partitions']} partitions here), "
+        "counts and per-partition hashes on both sides.",
+        "",
+        _row("", "docs/s", "seconds (runs)"),
+        _row("---", "---", "---"),
+        _row("raw scan, both servers", v["raw_scan_docs_per_s"], ", ".join(str(x) for x in v["raw_scan_seconds"])),
+        _row("verification", v["verify_docs_per_s"], ", ".join(str(x) for x in v["verify_seconds"])),
+        "",
+        f"Verify / raw scan: **{v['ratio_vs_raw_scan']}** (target >= 0.7).",
+    ]
+
+
+def _memory(mm: dict[str, Any] | None) -> list[str]:
+    if not mm:
+        return []
+    out = [
+        "",
+        "## Memory",
+        "",
+        "Peak RSS (VmHWM) of a separate migrator process (`bench/engine_proc.py`: begin + clone, default tuning) "
+        "copying the benchmark's medium documents (about 480 B: the same fields without the long text and the "
+        "binary; no secondary indexes), so that a million of them seed and copy in minutes while even the smaller "
+        "run fills every worker's 8 MB batch.",
+        "",
+        _row("documents", "MB of BSON", "clone s", "RSS after imports MB", "peak RSS MB"),
+        _row(*["---"] * 5),
+    ]
+    for x in mm["runs"]:
+        out.append(
+            _row(
+                f"{x['docs']:,}",
+                round(x["bytes"] / 1e6),
+                x["clone_seconds"],
+                x["rss_after_imports_mb"],
+                x["peak_rss_mb"],
+            )
+        )
+    out += [
+        "",
+        f"Largest / smallest peak: **{mm['peak_ratio_large_to_small']}** (spread {mm['peak_spread']:.1%}, "
+        "target within 25%).",
+    ]
+    return out
+
+
+def _flow(f: dict[str, Any] | None) -> list[str]:
+    if not f:
+        return []
+    return [
+        "",
+        "## Orchestration overhead",
+        "",
+        f"The same migration of {f['docs']:,} documents (the clone benchmark's shapes and indexes; begin, clone, sync until ready, cutover with drain, final verification "
+        "and index restores) run by the engine alone (`Migration` calls) and by the whole `migrate` flow "
+        "(`flows.migrate.migrate_flow`, prechecks skipped: the engine alone has none) under "
+        "`prefect_test_harness(server_startup_timeout=60)`, started before either is timed "
+        f"({f['prefect_server_startup_seconds']} s, not counted). The approval is sent as soon as the flow run is "
+        "paused; the pause itself (from the end of the `wait-until-ready` task run to the start of the `cutover` task "
+        "run, read from the Prefect API) is a person's time and is subtracted. Engine alone = begin->ready + cutover.",
+        "",
+        _row("", "seconds (runs)", "median"),
+        _row("---", "---", "---"),
+        _row("engine alone", ", ".join(str(x) for x in f["engine_seconds"]), f["engine_seconds_median"]),
+        _row(
+            "migrate flow (wall - pause)",
+            ", ".join(
+                f"{t} ({w} - {p})"
+                for t, w, p in zip(f["flow_seconds"], f["flow_wall_seconds"], f["flow_pause_seconds"], strict=True)
+            ),
+            f["flow_seconds_median"],
+        ),
+        "",
+        f"Overhead: **{f['overhead']:.1%}** (target <= 10%).",
+    ]
+
+
+def _profile(p: dict[str, Any] | None) -> list[str]:
+    if not p:
+        return []
+    out = [
+        "",
+        "## Profiles of this run",
+        "",
+        "pyinstrument (1 ms sampling) on the main thread: the clone copy loop with one worker, the change stream "
+        "read, the applier with one lane, the verifier's hash scan of both sides. *client CPU* is the migrator's CPU "
+        "time over the wall time; the rest is waiting on a server. Top functions by own time:",
+    ]
+    for name, x in p.items():
+        unit = "docs" if "docs" in x else "events"
+        out += [
+            "",
+            f"**{name}**: {x[unit]:,} {unit} in {x['seconds']} s ({x[unit + '_per_s']} {unit}/s), "
+            f"client CPU {x['client_cpu_share']:.0%} ({x['client_cpu_us_per_unit']} us per {unit[:-1]})",
+            "",
+            "```",
+            *x["top_self_time"],
+            "```",
+        ]
+    return out
+
+
+def _closing(r: dict[str, Any]) -> list[str]:
+    rows = r["targets"]
+    missed = [t for t in rows if not t["met"]]
+    out = ["", "## Closing note", ""]
+    c, s, v, mm, f = (r.get(k) for k in ("clone", "sync", "verify", "memory", "orchestration"))
+    if c:
+        e, n, i = (c["methods"][k] for k in ("engine", "naive", "ingest_limit"))
+        out.append(
+            f"- Clone: engine {e['docs_per_s']} docs/s ({e['mb_per_s']} MB/s), naive {n['docs_per_s']} docs/s "
+            f"({n['mb_per_s']} MB/s), ingest limit {i['docs_per_s']} docs/s ({i['mb_per_s']} MB/s): "
+            f"{c['ratio_vs_naive']}x naive, {c['ratio_vs_ingest_limit']}x the ingest limit "
+            f"(with index builds: {c['with_indexes_ratio_vs_naive']}x, {c['with_indexes_ratio_vs_ingest_limit']}x)."
+        )
+    if s:
+        h = s["half_capacity_level"]
+        out.append(
+            f"- Sync: capacity {s['capacity']['ops_per_s']} ops/s; highest sustained {s['highest_sustained_ops_per_s']} "
+            f"ops/s = {s['ratio_sustained_to_capacity']}x; at {h['fraction']}x capacity lag p50 {h['lag_p50_s']} s, "
+            f"p99 {h['lag_p99_s']} s."
+        )
+    if v:
+        out.append(
+            f"- Verify: {v['verify_docs_per_s']} docs/s against a raw scan of {v['raw_scan_docs_per_s']} docs/s = "
+            f"{v['ratio_vs_raw_scan']}x."
+        )
+    if mm:
+        peaks = ", ".join(f"{x['peak_rss_mb']} MB for {x['docs']:,}" for x in mm["runs"])
+        out.append(f"- Memory: peak RSS {peaks} documents; spread {mm['peak_spread']:.1%}.")
+    if f:
+        out.append(
+            f"- Orchestration: flow {f['flow_seconds_median']} s vs engine {f['engine_seconds_median']} s = "
+            f"{f['overhead']:.1%} overhead."
+        )
+    out += [
+        "",
+        "Targets missed in this run: "
+        + (", ".join(f"{t['what']} ({t['value']} vs {t['bound']})" for t in missed) if missed else "none")
+        + ". Why: see the analysis below.",
+    ]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.report DIR`: render DIR/RESULTS.md again from DIR/results.json (after editing NOTES.md)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    out_dir = Path(args[0]) if args else HERE
+    write(json.loads((out_dir / "results.json").read_text()), out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
