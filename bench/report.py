@@ -83,7 +83,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# livemigrate benchmarks",
         "",
-        f"Produced by `{r['command']}` (size `{sz['name']}`) on {m['date']}, in {r.get('elapsed_seconds', 0):.0f} s. "
+        f"Produced by `{r['command'].strip()}` (size `{sz['name']}`) on {m['date']}, in {r.get('elapsed_seconds', 0):.0f} s. "
         "Every figure is compared with a baseline measured on the same two servers in the same run: the machine has "
         "2 cores and is shared, so absolute numbers move from run to run and the ratios much less. "
         "Raw numbers: `results.json`; profiler call trees: `profiles/`.",
