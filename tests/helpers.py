@@ -214,7 +214,7 @@ class FaultSchedule(threading.Thread):
         app: str,
         seen: CommandFailures,
         faults: list[Fault],
-        per_fault_s: float = 30.0,
+        per_fault_s: float = 60.0,
         gap_s: float = 1.0,
     ) -> None:
         super().__init__(daemon=True)

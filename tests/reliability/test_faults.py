@@ -166,7 +166,7 @@ def test_faults_during_sync_are_retried(
             runner = m.start_sync()
             dst_faults.start()
             src_faults.start()
-            fired = dst_faults.finish(120) + src_faults.finish(120)
+            fired = dst_faults.finish(300) + src_faults.finish(300)
             writer.stop()
             assert runner.state.error is None, runner.state.error
             _drain(m, src_client)
