@@ -12,10 +12,10 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
@@ -34,6 +34,7 @@ from tasks.state import Partition, utcnow
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_BATCH_DOCS = 100_000  # the server's maxWriteBatchSize
 SIMPLE_COLLATION = {"locale": "simple"}
 LEASE_SECONDS = 60.0
@@ -49,6 +50,22 @@ class CloneStats:
 def backoff_sleep(attempt: int, cap: float) -> None:
     """Exponential backoff with full jitter."""
     time.sleep(random.uniform(0, min(cap, 0.2 * 2**attempt)))
+
+
+def retry_transient(what: str, step: Callable[[int], T], attempts: int, cap: float) -> T:
+    """Run an idempotent step (given the attempt number), again after each transient error, with backoff."""
+    for attempt in range(attempts + 1):
+        try:
+            return step(attempt)
+        except LiveMigrateError:
+            raise
+        except PyMongoError as exc:
+            err = classify(exc, what)
+            if not isinstance(err, TransientError) or attempt >= attempts:
+                raise err from None
+            log.warning("%s: %s; retrying (%d/%d)", what, err, attempt + 1, attempts)
+            backoff_sleep(attempt, cap)
+    raise TransientError(f"{what} kept failing")  # pragma: no cover - the loop returns or raises
 
 
 class Cloner:
@@ -200,25 +217,16 @@ class Cloner:
 
     def copy_partition(self, part: Partition) -> None:
         """Copy one partition, retrying transient errors; redoing it is idempotent."""
-        attempts = self.cfg.tuning.retry_attempts
-        for attempt in range(attempts + 1):
-            try:
-                docs, nbytes = self._copy_once(part, clear_first=part.attempts > 1 or attempt > 0)
-                self.store.finish_partition(part.id, self.owner, docs, nbytes)
-                with self._lock:
-                    self.stats.docs += docs
-                    self.stats.bytes += nbytes
-                    self.stats.partitions += 1
-                return
-            except LiveMigrateError:
-                raise
-            except PyMongoError as exc:
-                err = classify(exc, part.ns)
-                if not isinstance(err, TransientError) or attempt >= attempts:
-                    raise err from None
-                log.warning("partition %s: %s; retrying (%d/%d)", part.id, err, attempt + 1, attempts)
-                backoff_sleep(attempt, self.cfg.tuning.retry_max_seconds)
-        raise TransientError(f"{part.ns}: partition {part.seq} kept failing")  # pragma: no cover
+
+        def attempt_copy(attempt: int) -> None:
+            docs, nbytes = self._copy_once(part, clear_first=part.attempts > 1 or attempt > 0)
+            self.store.finish_partition(part.id, self.owner, docs, nbytes)
+            with self._lock:
+                self.stats.docs += docs
+                self.stats.bytes += nbytes
+                self.stats.partitions += 1
+
+        retry_transient(part.ns, attempt_copy, self.cfg.tuning.retry_attempts, self.cfg.tuning.retry_max_seconds)
 
     def _copy_once(self, part: Partition, *, clear_first: bool) -> tuple[int, int]:
         ns = Namespace.parse(part.ns)

@@ -18,9 +18,9 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from tasks.clone import Cloner, CloneStats, backoff_sleep, balancer_start, balancer_stop, restore_indexes
+from tasks.clone import Cloner, CloneStats, balancer_start, balancer_stop, restore_indexes, retry_transient
 from tasks.config import MigrationConfig
-from tasks.errors import LiveMigrateError, LockHeldError, PhaseError, TerminalError, classify
+from tasks.errors import LiveMigrateError, LockHeldError, PhaseError, TerminalError
 from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
 from tasks.mongo import connect_side, describe_endpoint, latest_optime
 from tasks.progress import ProgressSink, null_sink
@@ -188,17 +188,8 @@ class Migration:
 
     def _retrying(self, what: str, step: Callable[[], Any]) -> Any:
         """Run an idempotent step again after a transient error (election, dropped connection), with backoff."""
-        attempts = self.cfg.tuning.retry_attempts
-        for attempt in range(attempts + 1):
-            try:
-                return step()
-            except PyMongoError as exc:
-                err = classify(exc, what)
-                if not err.transient or attempt >= attempts:
-                    raise err from None
-                log.warning("%s: %s; retrying (%d/%d)", what, err, attempt + 1, attempts)
-                backoff_sleep(attempt, self.cfg.tuning.retry_max_seconds)
-        raise TerminalError(f"{what} kept failing")  # pragma: no cover - the loop returns or raises
+        tuning = self.cfg.tuning
+        return retry_transient(what, lambda _attempt: step(), tuning.retry_attempts, tuning.retry_max_seconds)
 
     # -- sync -------------------------------------------------------------------
     def start_sync(self, on_tick: Callable[[Any], None] | None = None) -> SyncRunner:
