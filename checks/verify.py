@@ -110,6 +110,7 @@ def verify(
     nsfilter: NamespaceFilter,
     *,
     partition_docs: int = 50_000,
+    partitioning: str = "auto",
     batch_size: int = 2000,
     ignore_field_order: bool = False,
     max_listed: int = 100,
@@ -130,6 +131,7 @@ def verify(
         settings={
             "ignore_field_order": ignore_field_order,
             "partition_docs": partition_docs,
+            "partitioning": partitioning,
             "batch_size": batch_size,
             "max_listed": max_listed,
             "recheck": recheck is not None,
@@ -158,7 +160,7 @@ def verify(
             done = 0
             for st in states:
                 where = f"verify {st.ns}"
-                done = _verify_data(st, part_pool, partition_docs, done, total, progress)
+                done = _verify_data(st, part_pool, partition_docs, partitioning, done, total, progress)
             if recheck is not None:
                 where = "verify recheck"
                 result.recheck_generations_used = _recheck(
@@ -207,7 +209,13 @@ def _estimate(st: _NsState, pool: ThreadPoolExecutor) -> int:
 
 
 def _verify_data(
-    st: _NsState, pool: ThreadPoolExecutor, partition_docs: int, done: int, total: int, progress: Progress | None
+    st: _NsState,
+    pool: ThreadPoolExecutor,
+    partition_docs: int,
+    partitioning: str,
+    done: int,
+    total: int,
+    progress: Progress | None,
 ) -> int:
     """Plan partitions on the larger side, verify them in parallel, fold the outcomes into ``st``."""
     v = st.verifier
@@ -215,7 +223,7 @@ def _verify_data(
         return done
     n_src, n_dst = st.estimates
     planner = v.src if n_src >= n_dst else v.dst
-    ranges = plan_ranges(planner, partition_docs, max(n_src, n_dst))
+    ranges = plan_ranges(planner, partition_docs, max(n_src, n_dst), mode=partitioning)
     futures = [pool.submit(v.verify, rng) for rng in ranges]
     for fut in as_completed(futures):
         out = fut.result()
@@ -281,6 +289,7 @@ def run_verification(
                 dest,
                 NamespaceFilter.from_rules(config.namespaces),
                 partition_docs=config.tuning.partition_docs,
+                partitioning=config.tuning.partitioning,
                 ignore_field_order=ignore_field_order,
                 pending_index_restores=pending_index_restores,
                 recheck=recheck,

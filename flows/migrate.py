@@ -78,11 +78,11 @@ def begin_stage(m: Migration, restart: bool, flow_run_id: str | None) -> str:
 
 @task(name="clone", cache_policy=NONE)
 def clone_stage(m: Migration, metrics: Metrics) -> dict[str, int]:
-    from tasks.catalog import estimated_size, list_specs
+    from tasks.catalog import estimated_docs, list_specs
     from tasks.namespaces import NamespaceFilter
 
     specs, _ = list_specs(m.src, NamespaceFilter.from_rules(m.cfg.namespaces), with_indexes=False)
-    total = sum(estimated_size(m.src, s.ns)[0] for s in specs if not s.is_view)
+    total = sum(estimated_docs(m.src, s.ns) for s in specs if not s.is_view)
     bar = CloneProgressArtifact(m.name, total, metrics)
     m.progress = bar
     stats = m.clone()

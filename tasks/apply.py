@@ -23,6 +23,7 @@ from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
 from tasks.catalog import index_for_sync
 from tasks.clone import build_indexes
+from tasks.concurrency import WriteGate
 from tasks.errors import DocumentRejectedError, NamespaceChangedError, TerminalError, TransientError, classify
 from tasks.mongo import RAW
 from tasks.namespaces import Namespace, NamespaceFilter
@@ -99,6 +100,8 @@ class Applier:
         self.nsfilter = nsfilter
         self.lanes = max(1, lanes)
         self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="apply") if self.lanes > 1 else None
+        # How many lanes write at once is measured, not assumed (tasks/concurrency.py).
+        self.gate = WriteGate(self.lanes, what="sync lanes", unit=("writes/s", 1.0))
 
     def close(self) -> None:
         if self._pool:
@@ -173,7 +176,8 @@ class Applier:
             db, _, coll = ns.partition(".")
             c = self.dst[db].get_collection(coll, codec_options=RAW)
             try:
-                c.bulk_write(ops, ordered=False, bypass_document_validation=True)
+                with self.gate.slot(len(ops)):
+                    c.bulk_write(ops, ordered=False, bypass_document_validation=True)
             except BulkWriteError as exc:
                 self._raise_rejected(ns, ops, exc)
         return ups, dels

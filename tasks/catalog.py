@@ -126,10 +126,12 @@ def index_for_sync(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return build, (restore or None)
 
 
-def estimated_size(client: MongoClient[Any], ns: Namespace) -> tuple[int, int]:
-    """(documents, bytes) estimates from collStats; (0, 0) if unavailable."""
+def estimated_docs(client: MongoClient[Any], ns: Namespace) -> int:
+    """The collection's document count from its metadata (``count`` without a filter); 0 if unavailable.
+
+    Not collStats: some servers (SecantusDB) walk the whole collection to answer it.
+    """
     try:
-        st = client[ns.db].command("collStats", ns.coll)
-        return int(st.get("count", 0)), int(st.get("size", 0))
-    except Exception:  # noqa: BLE001 - an estimate only feeds progress and ETA
-        return 0, 0
+        return int(client[ns.db][ns.coll].estimated_document_count())
+    except Exception:  # noqa: BLE001 - an estimate only feeds planning, progress and ETA
+        return 0

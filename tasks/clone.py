@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,7 +22,8 @@ from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
 
 from tasks import shutdown
-from tasks.catalog import CollectionSpec, Unsupported, creation_options, estimated_size, index_for_sync, list_specs
+from tasks.catalog import CollectionSpec, Unsupported, creation_options, estimated_docs, index_for_sync, list_specs
+from tasks.concurrency import WriteGate
 from tasks.config import MigrationConfig
 from tasks.errors import DocumentRejectedError, LiveMigrateError, TerminalError, TransientError, classify
 from tasks.metadata import MetadataStore
@@ -92,6 +93,7 @@ class Cloner:
         self._capped: set[str] = set()
         self._lock = threading.Lock()
         self.stats = CloneStats()
+        self.gate = WriteGate(config.tuning.workers, what="clone inserts")
 
     # -- preparation --------------------------------------------------------
     def prepare(self) -> list[Unsupported]:
@@ -168,12 +170,14 @@ class Cloner:
         if self.store.has_plan(self.name, spec.ns.full):
             return
         coll = self.src[spec.ns.db][spec.ns.coll]
-        est_docs, _est_bytes = estimated_size(self.src, spec.ns)
+        est_docs = estimated_docs(self.src, spec.ns)
         capped = bool(spec.options.get("capped"))
         if capped:
             ranges = [IdRange("*")]  # insertion order matters: one partition, natural order
         else:
-            ranges = plan_ranges(coll, self.cfg.tuning.partition_docs, total=est_docs or None)
+            ranges = plan_ranges(
+                coll, self.cfg.tuning.partition_docs, total=est_docs or None, mode=self.cfg.tuning.partitioning
+            )
         per = max(1, est_docs // max(1, len(ranges)))
         parts = [
             Partition(
@@ -192,6 +196,8 @@ class Cloner:
     def run(self, workers: int | None = None) -> CloneStats:
         """Copy partitions with ``workers`` threads until the plan has none left for us."""
         n = workers or self.cfg.tuning.workers
+        if n != self.gate.climber.ceiling:
+            self.gate = WriteGate(n, what="clone inserts")
         errors: list[BaseException] = []
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="clone") as pool:
             futures = [pool.submit(self._worker_loop, errors) for _ in range(n)]
@@ -229,6 +235,12 @@ class Cloner:
         retry_transient(part.ns, attempt_copy, self.cfg.tuning.retry_attempts, self.cfg.tuning.retry_max_seconds)
 
     def _copy_once(self, part: Partition, *, clear_first: bool) -> tuple[int, int]:
+        """Read the partition in batches; each batch is inserted while the next one is read.
+
+        One insert is in flight at a time (a second thread sends it), so the
+        source serves the next read while the destination writes, and memory
+        stays at two batches per worker.
+        """
         ns = Namespace.parse(part.ns)
         rng = IdRange.from_record(part.model_dump())
         flt = rng.filter()
@@ -237,33 +249,53 @@ class Cloner:
         if clear_first:
             dst_coll.delete_many(flt)  # an interrupted attempt may have written part of it
         batch: list[RawBSONDocument] = []
-        size = docs = nbytes = 0
+        size = 0
         limit = self.cfg.tuning.batch_bytes
+        written = [0, 0]  # documents, bytes inserted so far
+        inflight: tuple[Future[None], int, int] | None = None
+
+        def landed() -> None:
+            """Wait for the insert in flight and record it as progress."""
+            nonlocal inflight
+            if inflight is None:
+                return
+            fut, n_docs, n_bytes = inflight
+            inflight = None
+            fut.result()
+            written[0] += n_docs
+            written[1] += n_bytes
+            self.store.partition_progress(part.id, self.owner, written[0], written[1], LEASE_SECONDS)
+            self.progress("clone", part.id, written[0], part.est_docs, {"bytes": float(written[1])})
+
         cursor = src_coll.find(flt, batch_size=2000)
         if rng.bracket == "*":
             cursor = cursor.sort("$natural", 1)
+        writer = ThreadPoolExecutor(1, thread_name_prefix="clone-insert")
         try:
             for doc in cursor:
                 n = len(doc.raw)
                 if batch and (size + n > limit or len(batch) >= MAX_BATCH_DOCS):
-                    self._insert(dst_coll, part.ns, batch)
-                    docs += len(batch)
-                    nbytes += size
-                    batch, size = [], 0
-                    self.store.partition_progress(part.id, self.owner, docs, nbytes, LEASE_SECONDS)
-                    self.progress("clone", part.id, docs, part.est_docs, {"bytes": float(nbytes)})
+                    landed()
                     if self.stop_event.is_set() or shutdown.requested():
                         raise InterruptedError("clone stopped")
+                    inflight = (writer.submit(self._gated_insert, dst_coll, part.ns, batch, size), len(batch), size)
+                    batch, size = [], 0
                 batch.append(doc)
                 size += n
+            landed()
             if batch:
-                self._insert(dst_coll, part.ns, batch)
-                docs += len(batch)
-                nbytes += size
+                self._gated_insert(dst_coll, part.ns, batch, size)
+                written[0] += len(batch)
+                written[1] += size
         finally:
             cursor.close()
-        self.progress("clone", part.id, docs, part.est_docs, {"bytes": float(nbytes)})
-        return docs, nbytes
+            writer.shutdown(wait=True)  # an insert still in flight finishes before the partition is retried
+        self.progress("clone", part.id, written[0], part.est_docs, {"bytes": float(written[1])})
+        return written[0], written[1]
+
+    def _gated_insert(self, coll: Any, ns: str, batch: list[RawBSONDocument], nbytes: int) -> None:
+        with self.gate.slot(nbytes):
+            self._insert(coll, ns, batch)
 
     @staticmethod
     def _insert(coll: Any, ns: str, batch: list[RawBSONDocument]) -> None:

@@ -128,6 +128,11 @@ class Tuning(_Strict):
     workers: int = Field(default=4, ge=1, le=64)
     batch_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=47 * 1024 * 1024)
     partition_docs: int = Field(default=50_000, ge=100)
+    partitioning: Literal["auto", "ranges", "whole"] = Field(
+        default="auto",
+        description="auto: split into _id ranges only where the source reads a range from the _id index; "
+        "ranges: always split; whole: one partition per collection",
+    )
     sync_lanes: int = Field(default=4, ge=1, le=64)
     sync_batch_events: int = Field(default=5000, ge=1)
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600)

@@ -6,18 +6,29 @@ a string), so plain ``[lo, hi)`` ranges would silently skip documents whose
 bracket (numbers, strings, objects, binaries, ObjectIds, ...) with ``$type``
 and bounded inside it; one last "rest" range takes every ``_id`` whose
 bracket was not sampled.  Clone and verification use the same ranges.
+
+Ranges only pay where the server reads an ``_id`` range from the ``_id``
+index (MongoDB does).  A server that answers every range with a full
+collection scan (SecantusDB, and a MongoDB collection whose ``_id`` index
+cannot serve the range) would read the whole collection once per range, so
+in ``auto`` mode an ``explain`` of one range decides, and such a collection
+is read in one piece.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from bson.decimal128 import Decimal128
 from pymongo.collection import Collection
+from pymongo.errors import PyMongoError
 
 from tasks.mongo import RAW
+
+log = logging.getLogger(__name__)
 
 # $type names grouped by the comparison bracket MongoDB uses for range predicates.
 BRACKETS: dict[str, tuple[str, ...]] = {
@@ -90,16 +101,33 @@ class IdRange:
         )
 
 
-def plan_ranges(coll: Collection[Any], target_docs: int, total: int | None = None) -> list[IdRange]:
+AUTO, RANGES, WHOLE = "auto", "ranges", "whole"
+"""Partitioning modes: ranges where the server range-scans ``_id`` / always ranges / one piece."""
+PROBE = IdRange("number", 0, 1, has_lower=True, has_upper=True)  # explained (not run) to see how ranges are read
+INDEXED_STAGES = ("IXSCAN", "IDHACK", "EXPRESS")  # IXSCAN, CLUSTERED_IXSCAN, EXPRESS_IXSCAN, ...
+
+
+def plan_ranges(coll: Collection[Any], target_docs: int, total: int | None = None, mode: str = AUTO) -> list[IdRange]:
     """Ranges of about ``target_docs`` documents each, from a server-side sorted ``$sample``.
 
-    Small collections get one range covering everything.  The plan is a pure
-    function of the sample, so it can be stored and re-used by any worker.
+    Small collections get one range covering everything, and so does every
+    collection in ``whole`` mode, or in ``auto`` mode when the server would
+    scan the whole collection for each range.  The plan is a pure function of
+    the sample, so it can be stored and re-used by any worker.
     """
     if total is None:
         total = coll.estimated_document_count()
-    if total <= target_docs:
+    if total <= target_docs or mode == WHOLE:
         return [IdRange(ALL)]
+    if mode == AUTO:
+        plan = range_plan(coll, PROBE)
+        if plan is not None and not uses_index(plan):
+            log.info(
+                "%s: the server scans the whole collection for an _id range (%s); reading it in one piece",
+                coll.full_name,
+                _stage(plan),
+            )
+            return [IdRange(ALL)]
     n_parts = math.ceil(total / target_docs)
     sample_size = min(total, max(100, n_parts * 20))
     pipeline: list[dict[str, Any]] = [
@@ -115,6 +143,41 @@ def plan_ranges(coll: Collection[Any], target_docs: int, total: int | None = Non
             continue  # rare types go to the REST range
         by_bracket.setdefault(bracket, []).append(doc["_id"])
     return ranges_from_samples(by_bracket, total, sample_size, target_docs)
+
+
+def range_plan(coll: Collection[Any], rng: IdRange) -> dict[str, Any] | None:
+    """The server's winning plan for reading one range (``explain``, planner only), or None if it will not say."""
+    try:
+        res = coll.database.command(
+            {"explain": {"find": coll.name, "filter": rng.filter()}, "verbosity": "queryPlanner"}
+        )
+    except PyMongoError as exc:
+        log.debug("explain of an _id range on %s failed: %s", coll.full_name, exc)
+        return None
+    planner = res.get("queryPlanner") or {}
+    plan = planner.get("winningPlan")
+    return plan if isinstance(plan, dict) else None
+
+
+def uses_index(plan: Any) -> bool:
+    """Whether a winning plan reads an index (or clustered-collection bounds) rather than scanning everything.
+
+    Walks the whole plan, so a sharded plan (``shards[].winningPlan``) and an
+    SBE plan (``queryPlan``) count when any part of it is bounded.
+    """
+    if isinstance(plan, dict):
+        stage = str(plan.get("stage", ""))
+        if any(s in stage for s in INDEXED_STAGES) or "minRecord" in plan or "maxRecord" in plan:
+            return True
+        return any(uses_index(v) for k, v in plan.items() if k != "rejectedPlans")
+    if isinstance(plan, list):
+        return any(uses_index(v) for v in plan)
+    return False
+
+
+def _stage(plan: dict[str, Any]) -> str:
+    inner = plan.get("queryPlan", plan)
+    return str(inner.get("stage", "?")) if isinstance(inner, dict) else "?"
 
 
 def ranges_from_samples(

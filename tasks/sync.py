@@ -25,6 +25,7 @@ from bson import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
+from pymongo.client_session import ClientSession
 from pymongo.errors import PyMongoError
 from pymongo.synchronous.change_stream import ClusterChangeStream
 
@@ -40,6 +41,11 @@ from tasks.state import ACTIVE, Checkpoint, Lag, Phase, utcnow
 log = logging.getLogger(__name__)
 
 EVENT_CODEC = CodecOptions(document_class=RawBSONDocument)
+COLLECT_SECONDS = 0.5
+"""How long the loop collects events into one batch at most.  Shorter batches (0.1-0.5 s, following the
+last apply time) measured slower on the test servers: lag p50 2.9 s against 1.7 s at half the capacity."""
+FALLBACK_SECONDS = 5.0
+"""How often the source's oplog may be read for its latest write when replies carry no operationTime."""
 FCV_POLL_SECONDS = 10.0
 """How often the sync compares both sides' featureCompatibilityVersion with the versions at begin."""
 
@@ -50,6 +56,20 @@ def ts_dict(ts: Timestamp | None) -> dict[str, int] | None:
 
 def ts_from(d: dict[str, int] | None) -> Timestamp | None:
     return Timestamp(d["t"], d["i"]) if d else None
+
+
+def token_time(token: Any) -> Timestamp | None:
+    """The cluster time a MongoDB resume token encodes (hex KeyString: 0x82 then the 8-byte timestamp).
+
+    None for a token in another format (SecantusDB's): the caller then uses the reply's operationTime.
+    """
+    data = token.get("_data") if token is not None and hasattr(token, "get") else None
+    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
+        return None
+    try:
+        return Timestamp(int(data[2:10], 16), int(data[10:18], 16))
+    except ValueError:
+        return None
 
 
 def token_dict(token: Any) -> dict[str, Any] | None:
@@ -141,6 +161,7 @@ class SyncRunner:
         self._last_fcv_check = 0.0
         self._fcv: tuple[str | None, str | None] | None = None
         self._changed = threading.Condition()
+        self._last_fallback = -FALLBACK_SECONDS
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -240,7 +261,7 @@ class SyncRunner:
             self.state.running = False
             self._persist(force=True)
 
-    def _open_stream(self) -> Any:
+    def _open_stream(self, session: ClientSession) -> Any:
         cp = self.store.load_checkpoint(self.name)
         doc = self.store.load(self.name)
         kwargs: dict[str, Any] = {}
@@ -256,19 +277,19 @@ class SyncRunner:
             kwargs["start_at_operation_time"] = ts_from(doc.start_time)
         else:
             raise HistoryLostError(f"migration {self.name!r} has no change stream start point")
-        return _watch_raw(self.src, self.nsfilter, self.cfg.tuning.sync_batch_events, kwargs)
+        return _watch_raw(self.src, self.nsfilter, self.cfg.tuning.sync_batch_events, kwargs, session)
 
     def _follow(self, applier: Applier) -> None:
-        with self._open_stream() as stream:
+        with self.src.start_session(causal_consistency=False) as session, self._open_stream(session) as stream:
             limit = self.cfg.tuning.sync_batch_events
             while not self.stop_event.is_set():
                 self._check_fcv()
-                before = (
-                    latest_optime(self.src) if self.state.lag_seconds is None or self.state.lag_seconds < 5 else None
-                )
+                # The source's latest write as of the last reply (every reply carries its operationTime):
+                # an empty getMore after it means every event up to it has been seen.
+                before = session.operation_time or self._source_time_fallback()
                 batch: list[Any] = []
-                caught_up = False  # the server answered "nothing more" after `before` was read
-                deadline = time.monotonic() + 0.5
+                caught_up = False
+                deadline = time.monotonic() + COLLECT_SECONDS
                 # A stop request ends the collection early: what is in hand is applied and checkpointed.
                 while len(batch) < limit and time.monotonic() < deadline and not self.stop_event.is_set():
                     ev = stream.try_next()
@@ -281,14 +302,27 @@ class SyncRunner:
                     applier.apply(batch, self.state.stats)
                     self._record_index_changes()
                     applied_time = batch[-1].get("clusterTime") or applied_time
-                elif caught_up and before is not None and (applied_time is None or before > applied_time):
-                    # An empty getMore: every event up to `before` has been seen (and applied).
-                    applied_time = before
+                elif caught_up:
+                    # MongoDB's high-water token says exactly how far the stream has read; else `before`.
+                    seen = token_time(stream.resume_token) or before
+                    if seen is not None and (applied_time is None or seen > applied_time):
+                        applied_time = seen
                 self._checkpoint(stream.resume_token, applied_time, self.state.applied_events + len(batch))
                 # Published only once applied and checkpointed: waiters may rely on it.
                 self.state.applied_events += len(batch)
                 self.state.applied_time = applied_time
-                self._measure()
+                self._measure(session.operation_time, caught_up and not batch)
+
+    def _source_time_fallback(self) -> Timestamp | None:
+        """The latest write read from the source itself, at most every FALLBACK_SECONDS (replies had no time)."""
+        now = time.monotonic()
+        if now - self._last_fallback < FALLBACK_SECONDS:
+            return None
+        self._last_fallback = now
+        try:
+            return latest_optime(self.src)  # type: ignore[no-any-return]
+        except PyMongoError:
+            return None
 
     def _record_index_changes(self) -> None:
         st = self.state.stats
@@ -346,16 +380,14 @@ class SyncRunner:
             return 0.0
         return self._applied_clock.update(float(t.time))
 
-    def _measure(self) -> None:
+    def _measure(self, source_time: Timestamp | None, idle: bool) -> None:
+        """Lag = the source's latest write time minus the applied time; zero once a read came back empty."""
         st = self.state
-        try:
-            st.source_time = latest_optime(self.src)
-        except PyMongoError:
-            return
-        if st.source_time is not None and st.applied_time is not None:
+        st.source_time = source_time or self._source_time_fallback() or st.source_time
+        if idle and st.applied_time is not None:
+            st.lag_seconds = 0.0  # nothing left to read: everything written before the read is applied
+        elif st.source_time is not None and st.applied_time is not None:
             st.lag_seconds = float(max(0, st.source_time.time - st.applied_time.time))
-            if st.source_time <= st.applied_time:
-                st.lag_seconds = 0.0
         st.events_per_second = self._rate.update(st.applied_events)
         if st.lag_seconds is not None:
             st.catch_up_seconds = catch_up_estimate(st.lag_seconds, self._applied_speed())
@@ -421,7 +453,13 @@ class SyncRunner:
         return self.state.applied_time is not None and self.state.applied_time >= ts
 
 
-def _watch_raw(source: MongoClient[Any], nsfilter: NamespaceFilter, batch: int, kwargs: dict[str, Any]) -> Any:
+def _watch_raw(
+    source: MongoClient[Any],
+    nsfilter: NamespaceFilter,
+    batch: int,
+    kwargs: dict[str, Any],
+    session: ClientSession | None = None,
+) -> Any:
     """A cluster-wide change stream whose events (and documents) stay raw BSON."""
     admin = source.get_database("admin", codec_options=EVENT_CODEC)
     stream = ClusterChangeStream(
@@ -433,7 +471,7 @@ def _watch_raw(source: MongoClient[Any], nsfilter: NamespaceFilter, batch: int, 
         batch,
         None,  # collation
         kwargs.get("start_at_operation_time"),
-        None,  # session
+        session,
         kwargs.get("start_after"),
         None,  # comment
         None,  # full_document_before_change

@@ -30,7 +30,7 @@ def write_config(tmp_path: Path, pair: tuple[Deployment, Deployment], db: str, *
         "destination": {"uri": pair[1].uri},
         "namespaces": {"include": [f"{db}.*"]},
         "cutover": {"max_lag_seconds": 5, "ready_after_seconds": 0.5, "quiesce_seconds": 0.5, **cutover},
-        "tuning": {"workers": 2, "partition_docs": 500, "connect_timeout_seconds": 5},
+        "tuning": {"workers": 2, "partition_docs": 500, "partitioning": "ranges", "connect_timeout_seconds": 5},
     }
     path = tmp_path / "migration.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -144,7 +144,7 @@ def test_no_secret_in_logs_artifacts_reports_or_metadata(
                 "destination": {"uri": dst_dep.uri},
                 "namespaces": {"include": [f"{DB}.*"]},
                 "cutover": {"max_lag_seconds": 5, "ready_after_seconds": 0.5, "quiesce_seconds": 0.5},
-                "tuning": {"workers": 2, "partition_docs": 200, "connect_timeout_seconds": 5},
+                "tuning": {"workers": 2, "partition_docs": 200, "partitioning": "ranges", "connect_timeout_seconds": 5},
             }
         )
     )

@@ -23,7 +23,7 @@ def _config(pair: tuple[Deployment, Deployment], db: str, name: str) -> dict[str
         "source": {"uri": pair[0].uri},
         "destination": {"uri": pair[1].uri},
         "namespaces": {"include": [f"{db}.*"]},
-        "tuning": {"partition_docs": 100, "connect_timeout_seconds": 5},
+        "tuning": {"partition_docs": 100, "partitioning": "ranges", "connect_timeout_seconds": 5},
     }
 
 

@@ -13,6 +13,7 @@ from pymongo import MongoClient
 
 from tasks.errors import NamespaceChangedError, TerminalError
 from tasks.migration import Migration
+from tasks.partition import ALL, PROBE, IdRange, plan_ranges, range_plan, uses_index
 from tasks.state import Phase
 from tests.conftest import Deployment
 from tests.helpers import Writer, assert_same_data, make_config, seed_writer_data, wait_until
@@ -102,7 +103,9 @@ def test_every_bson_type_and_mixed_ids_round_trip(
     db["many"].insert_many([{"_id": i if i % 3 else f"s{i:05d}", "x": "y" * 50} for i in range(3000)])
     db.create_collection("empty")
     src_client[f"{dbname}_emptydb"].create_collection("nothing")
-    cfg = make_config(pair[0].uri, pair[1].uri, dbname, tuning={"partition_docs": 400, "workers": 3})
+    cfg = make_config(
+        pair[0].uri, pair[1].uri, dbname, tuning={"partition_docs": 400, "partitioning": "ranges", "workers": 3}
+    )
     with Migration(cfg, src_client, dst_client) as m:
         m.begin()
         stats = m.clone()
@@ -218,7 +221,7 @@ def test_concurrent_writer_through_clone_and_sync(
     src_client[dbname]["bulk"].insert_many([{"_id": i, "p": "q" * 200} for i in range(5000)])
     writer = Writer(src_client, dbname)
     writer.start()
-    cfg = make_config(pair[0].uri, pair[1].uri, dbname, tuning={"partition_docs": 500})
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname, tuning={"partition_docs": 500, "partitioning": "ranges"})
     with Migration(cfg, src_client, dst_client) as m:
         m.begin()
         m.clone()
@@ -299,3 +302,24 @@ def test_resume_from_checkpoint_after_stop(
         m2.start_sync()
         _drain(m2, src_client)
         assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_auto_partitioning_follows_how_the_source_reads_id_ranges(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    """`auto` splits only where an explain shows the `_id` index serving a range; either way nothing is lost."""
+    coll = src_client[dbname]["big"]
+    coll.insert_many([{"_id": i if i % 4 else f"k{i:05d}", "pad": "x" * 100} for i in range(2500)])
+    indexed = uses_index(range_plan(coll, PROBE))
+    auto = plan_ranges(coll, 500, mode="auto")
+    assert (len(auto) > 1) == indexed
+    assert len(plan_ranges(coll, 500, mode="ranges")) > 1
+    assert plan_ranges(coll, 500, mode="whole") == [IdRange(ALL)]
+    tuning = {"partition_docs": 500, "partitioning": "auto", "workers": 2}
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname, tuning=tuning)
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        stats = m.clone()
+        parts = m.store.clone_summary(cfg.name)
+    assert parts[f"{dbname}.big"]["partitions"] == len(auto)
+    assert assert_same_data(src_client, dst_client, [dbname]) == stats.docs == 2500

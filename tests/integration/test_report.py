@@ -23,7 +23,9 @@ def test_report_has_copy_rate_and_lag_charts_after_a_cutover(
 ) -> None:
     seed_writer_data(src_client, dbname)
     src_client[dbname]["bulk"].insert_many([{"_id": i, "p": "q" * 300} for i in range(8000)])
-    cfg = make_config(pair[0].uri, pair[1].uri, dbname, tuning={"partition_docs": 1000, "workers": 1})
+    cfg = make_config(
+        pair[0].uri, pair[1].uri, dbname, tuning={"partition_docs": 1000, "partitioning": "ranges", "workers": 1}
+    )
     writer = Writer(src_client, dbname, rate_sleep=0.002)
     with Migration(cfg, src_client, dst_client) as m:
         m.timeline.clone_every = 0.05
@@ -75,7 +77,9 @@ def test_live_view_bars_and_report_command(
     src_client[dbname]["a"].insert_many([{"_id": i} for i in range(3000)])
     src_client[dbname]["b"].insert_many([{"_id": i} for i in range(500)])
     name = f"rep-{dbname}"[:60]
-    cfg = make_config(pair[0].uri, pair[1].uri, dbname, name=name, tuning={"partition_docs": 1000})
+    cfg = make_config(
+        pair[0].uri, pair[1].uri, dbname, name=name, tuning={"partition_docs": 1000, "partitioning": "ranges"}
+    )
     with Migration(cfg, src_client, dst_client) as m:
         m.begin()
         m.clone()

@@ -102,6 +102,17 @@ class TestSecantusKnownLimits:
         info = next(db.list_collections(filter={"name": "ts"}))
         assert info["type"] == "collection"
 
+    def test_id_ranges_are_collection_scans(self, src_client: MongoClient, dbname: str) -> None:
+        # Every _id range reads the whole collection (MongoDB reads it from the _id index): why
+        # partitioning "auto" copies and verifies a collection in one piece here.
+        coll = src_client[dbname]["c"]
+        coll.insert_many([{"_id": i} for i in range(100)])
+        res = coll.database.command(
+            {"explain": {"find": "c", "filter": {"_id": {"$gte": 10, "$lt": 20}}}, "verbosity": "executionStats"}
+        )
+        assert res["queryPlanner"]["winningPlan"]["stage"] == "COLLSCAN"
+        assert res["executionStats"]["totalDocsExamined"] == 100
+
     def test_no_sharding(self, src_client: MongoClient) -> None:
         assert src_client.admin.command("hello").get("msg") != "isdbgrid"
         with pytest.raises(OperationFailure):

@@ -29,7 +29,7 @@ def test_two_worker_processes_share_one_plan(
         pair[1].uri,
         dbname,
         name="scaleout",
-        tuning={"partition_docs": 1000, "workers": 1, "batch_bytes": 65536},
+        tuning={"partition_docs": 1000, "partitioning": "ranges", "workers": 1, "batch_bytes": 65536},
     )
     path = tmp_path / "cfg.yaml"
     path.write_text(

@@ -41,6 +41,7 @@ def _seed(both: Clients, db: str, coll: str, docs: list[dict[str, Any]]) -> None
 
 def _run(both: Clients, db: str, **kw: Any) -> VerifyResult:
     kw.setdefault("partition_docs", 100)
+    kw.setdefault("partitioning", "ranges")
     kw.setdefault("batch_size", 50)
     return verify(both[0], both[1], NamespaceFilter.from_rules(NamespaceRules(include=[f"{db}.*"])), **kw)
 
@@ -300,7 +301,7 @@ def _config_file(tmp_path: Path, pair: tuple[Deployment, Deployment], db: str, *
         "source": {"uri": pair[0].uri},
         "destination": {"uri": pair[1].uri},
         "namespaces": {"include": [f"{db}.*"]},
-        "tuning": {"partition_docs": 100, "connect_timeout_seconds": 2, **tuning},
+        "tuning": {"partition_docs": 100, "partitioning": "ranges", "connect_timeout_seconds": 2, **tuning},
     }
     path = tmp_path / "migration.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -32,7 +32,14 @@ def _cfg_file(tmp_path: Path, src_uri: str, dst_uri: str, db: str, **tuning: Any
         "source": {"uri": src_uri},
         "destination": {"uri": dst_uri},
         "namespaces": {"include": [f"{db}.*"]},
-        "tuning": {"workers": 2, "partition_docs": 2000, "batch_bytes": 65536, "connect_timeout_seconds": 5, **tuning},
+        "tuning": {
+            "workers": 2,
+            "partition_docs": 2000,
+            "partitioning": "ranges",
+            "batch_bytes": 65536,
+            "connect_timeout_seconds": 5,
+            **tuning,
+        },
     }
     p = tmp_path / "crash.yaml"
     p.write_text(yaml.safe_dump(data))

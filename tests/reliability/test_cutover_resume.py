@@ -50,7 +50,12 @@ def test_kill_9_during_cutover_drain_then_resume(
                 # SecantusDB has no write blocking: the cutover watches the source go quiet, which the
                 # running writer prevents, so the process is inside the cutover when it is killed.
                 "cutover": {"max_lag_seconds": 5, "ready_after_seconds": 0.5, "quiesce_seconds": 1.5},
-                "tuning": {"workers": 2, "partition_docs": 1000, "connect_timeout_seconds": 5},
+                "tuning": {
+                    "workers": 2,
+                    "partition_docs": 1000,
+                    "partitioning": "ranges",
+                    "connect_timeout_seconds": 5,
+                },
             }
         )
     )

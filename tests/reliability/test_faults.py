@@ -53,7 +53,13 @@ def _config(pair: tuple[Deployment, Deployment], db: str) -> Any:
         pair[0].uri,
         pair[1].uri,
         db,
-        tuning={"partition_docs": 3000, "batch_bytes": 65536, "retry_max_seconds": 1, "retry_attempts": 20},
+        tuning={
+            "partition_docs": 3000,
+            "partitioning": "ranges",
+            "batch_bytes": 65536,
+            "retry_max_seconds": 1,
+            "retry_attempts": 20,
+        },
     )
 
 

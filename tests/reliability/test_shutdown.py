@@ -36,7 +36,13 @@ def _cfg_file(tmp_path: Path, pair: tuple[Deployment, Deployment], db: str) -> t
         "destination": {"uri": pair[1].uri},
         "namespaces": {"include": [f"{db}.*"]},
         "cutover": {"max_lag_seconds": 5, "ready_after_seconds": 0.5},
-        "tuning": {"workers": 2, "partition_docs": 1000, "connect_timeout_seconds": 5, "sync_batch_events": 200},
+        "tuning": {
+            "workers": 2,
+            "partition_docs": 1000,
+            "partitioning": "ranges",
+            "connect_timeout_seconds": 5,
+            "sync_batch_events": 200,
+        },
     }
     path = tmp_path / "stop.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -47,6 +47,7 @@ def _config_file(tmp_path: Path, sp: ServerPair) -> tuple[Path, Any]:
     tuning = {
         "workers": 1,
         "partition_docs": 2000,
+        "partitioning": "ranges",
         "batch_bytes": 262144,
         "connect_timeout_seconds": 5,
         "retry_max_seconds": 2,
