@@ -5,7 +5,7 @@ two servers' scan rate; the engine's partitioning, hashing and bookkeeping
 should cost little on top.  The baseline scans every collection of both
 servers concurrently (one thread per side, raw batches, nothing done with
 them); verification runs as `run_verification` calls it, with the default
-tuning (4 workers, 50,000-document partitions).
+tuning (4 workers, 50,000-document partitions, partitioning auto).
 """
 
 from __future__ import annotations
