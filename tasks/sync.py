@@ -9,6 +9,10 @@ restart) reopen the stream from that checkpoint with backoff; the failure
 budget (``retry_attempts``) counts consecutive failures, so it starts afresh
 after every batch that is applied and checkpointed.  A stop (``stop()``, also
 what SIGTERM leads to) lets the batch in hand finish and checkpoint first.
+Reading and applying overlap: while one batch is applied (by a second thread,
+batches strictly one after another) the next is read, and it is handed over
+as soon as the applier is free, so under load the batches grow and when the
+load is light they stay small and the lag low.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +100,16 @@ def open_start_point(source: MongoClient[Any]) -> tuple[dict[str, Any], Timestam
     if token is None:
         raise TransientError("source returned no resume token for the change stream")
     return token, optime
+
+
+@dataclass
+class _InFlight:
+    """A batch handed to the applier thread: what to checkpoint once it is applied."""
+
+    future: Future[None]
+    token: Any
+    last_time: Timestamp | None
+    events: int
 
 
 @dataclass
@@ -280,38 +295,83 @@ class SyncRunner:
         return _watch_raw(self.src, self.nsfilter, self.cfg.tuning.sync_batch_events, kwargs, session)
 
     def _follow(self, applier: Applier) -> None:
-        with self.src.start_session(causal_consistency=False) as session, self._open_stream(session) as stream:
-            limit = self.cfg.tuning.sync_batch_events
-            while not self.stop_event.is_set():
-                self._check_fcv()
-                # The source's latest write as of the last reply (every reply carries its operationTime):
-                # an empty getMore after it means every event up to it has been seen.
-                before = session.operation_time or self._source_time_fallback()
-                batch: list[Any] = []
-                caught_up = False
-                deadline = time.monotonic() + COLLECT_SECONDS
-                # A stop request ends the collection early: what is in hand is applied and checkpointed.
-                while len(batch) < limit and time.monotonic() < deadline and not self.stop_event.is_set():
-                    ev = stream.try_next()
-                    if ev is None:
-                        caught_up = True
-                        break
-                    batch.append(ev)
-                applied_time = self.state.applied_time
-                if batch:
-                    applier.apply(batch, self.state.stats)
-                    self._record_index_changes()
-                    applied_time = batch[-1].get("clusterTime") or applied_time
-                elif caught_up:
-                    # MongoDB's high-water token says exactly how far the stream has read; else `before`.
-                    seen = token_time(stream.resume_token) or before
-                    if seen is not None and (applied_time is None or seen > applied_time):
-                        applied_time = seen
-                self._checkpoint(stream.resume_token, applied_time, self.state.applied_events + len(batch))
-                # Published only once applied and checkpointed: waiters may rely on it.
-                self.state.applied_events += len(batch)
-                self.state.applied_time = applied_time
-                self._measure(session.operation_time, caught_up and not batch)
+        """Read the stream and apply it in batches; a batch is applied while the next one is read.
+
+        Batches are applied one after another, in stream order (a second
+        thread applies; this one reads).  A batch's checkpoint is written once
+        it is applied, and never while an earlier batch is still being applied.
+        """
+        inflight: _InFlight | None = None
+        with (
+            self.src.start_session(causal_consistency=False) as session,
+            self._open_stream(session) as stream,
+            ThreadPoolExecutor(1, thread_name_prefix=f"apply-{self.name}") as pool,
+        ):
+            try:
+                limit = self.cfg.tuning.sync_batch_events
+                while not self.stop_event.is_set():
+                    self._check_fcv()
+                    # The source's latest write as of the last reply (every reply carries its operationTime):
+                    # an empty getMore after it means every event up to it has been seen.
+                    before = session.operation_time or self._source_time_fallback()
+                    batch, caught_up = self._collect(stream, limit, inflight)
+                    token = stream.resume_token
+                    if inflight is not None:
+                        self._land(inflight, session.operation_time)
+                        inflight = None
+                    if batch:
+                        last = batch[-1].get("clusterTime") or self.state.applied_time
+                        inflight = _InFlight(
+                            pool.submit(applier.apply, batch, self.state.stats), token, last, len(batch)
+                        )
+                        continue
+                    applied_time = self.state.applied_time
+                    if caught_up:
+                        # MongoDB's high-water token says exactly how far the stream has read; else `before`.
+                        seen = token_time(token) or before
+                        if seen is not None and (applied_time is None or seen > applied_time):
+                            applied_time = seen
+                    self._checkpoint(token, applied_time, self.state.applied_events)
+                    self.state.applied_time = applied_time
+                    self._measure(session.operation_time, caught_up)
+                if inflight is not None:  # stopped: the batch in hand is applied and checkpointed first
+                    self._land(inflight, session.operation_time)
+                    inflight = None
+            finally:
+                if inflight is not None:
+                    # An error elsewhere: let the batch being applied end before the stream is reopened
+                    # (a write still landing after newer events are re-applied could leave an older state).
+                    wait([inflight.future])
+
+    def _collect(self, stream: Any, limit: int, inflight: _InFlight | None) -> tuple[list[Any], bool]:
+        """Events for the next batch: while a batch is being applied, until it is done; else up to COLLECT_SECONDS.
+
+        Returns the events and whether the stream answered "nothing more" (an empty getMore).
+        """
+        batch: list[Any] = []
+        deadline = time.monotonic() + COLLECT_SECONDS
+        # A stop request ends the collection early: what is in hand is applied and checkpointed.
+        while len(batch) < limit and not self.stop_event.is_set():
+            if inflight is not None:
+                if batch and inflight.future.done():
+                    break  # the applier is free: hand it what there is
+            elif time.monotonic() >= deadline:
+                break
+            ev = stream.try_next()
+            if ev is None:
+                return batch, True
+            batch.append(ev)
+        return batch, False
+
+    def _land(self, done: _InFlight, source_time: Timestamp | None) -> None:
+        """Wait for an applied batch, then checkpoint it and publish it (errors raise here, in stream order)."""
+        done.future.result()
+        self._record_index_changes()
+        self._checkpoint(done.token, done.last_time, self.state.applied_events + done.events)
+        # Published only once applied and checkpointed: waiters may rely on it.
+        self.state.applied_events += done.events
+        self.state.applied_time = done.last_time
+        self._measure(source_time, False)
 
     def _source_time_fallback(self) -> Timestamp | None:
         """The latest write read from the source itself, at most every FALLBACK_SECONDS (replies had no time)."""
