@@ -25,7 +25,7 @@ from tasks.catalog import index_for_sync
 from tasks.clone import build_indexes
 from tasks.concurrency import WriteGate
 from tasks.errors import DocumentRejectedError, NamespaceChangedError, TerminalError, TransientError, classify
-from tasks.mongo import RAW
+from tasks.mongo import DATA_WRITE_CONCERN, RAW
 from tasks.namespaces import Namespace, NamespaceFilter
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class Applier:
                 ups += 1
         for ns, ops in by_ns.items():
             db, _, coll = ns.partition(".")
-            c = self.dst[db].get_collection(coll, codec_options=RAW)
+            c = self.dst[db].get_collection(coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
             try:
                 with self.gate.slot(len(ops)):
                     c.bulk_write(ops, ordered=False, bypass_document_validation=True)

@@ -27,7 +27,7 @@ from tasks.concurrency import WriteGate
 from tasks.config import MigrationConfig
 from tasks.errors import DocumentRejectedError, LiveMigrateError, TerminalError, TransientError, classify
 from tasks.metadata import MetadataStore
-from tasks.mongo import RAW
+from tasks.mongo import DATA_WRITE_CONCERN, RAW
 from tasks.namespaces import Namespace, NamespaceFilter
 from tasks.partition import IdRange, plan_ranges
 from tasks.progress import ProgressSink, null_sink
@@ -245,7 +245,7 @@ class Cloner:
         rng = IdRange.from_record(part.model_dump())
         flt = rng.filter()
         src_coll = self.src[ns.db].get_collection(ns.coll, codec_options=RAW)
-        dst_coll = self.dst[ns.db].get_collection(ns.coll, codec_options=RAW)
+        dst_coll = self.dst[ns.db].get_collection(ns.coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
         if clear_first:
             dst_coll.delete_many(flt)  # an interrupted attempt may have written part of it
         batch: list[RawBSONDocument] = []

@@ -17,6 +17,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 from pymongo.uri_parser import parse_uri
+from pymongo.write_concern import WriteConcern
 
 from tasks.errors import ConfigError, ConnectError, classify
 
@@ -24,6 +25,11 @@ log = logging.getLogger(__name__)
 
 RAW = CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 """Codec for data paths: documents stay raw BSON bytes and are never decoded."""
+
+DATA_WRITE_CONCERN = WriteConcern("majority")
+"""For every write of migrated data (clone inserts, sync lanes), as for the checkpoints and partition records:
+with w:1, an election on the destination between a batch and its checkpoint could roll the batch back while
+the checkpoint (majority) survives, and the sync would never redo it."""
 
 APP_NAME = "livemigrate"
 _BOOKKEEPING_NS = re.compile(r"^(admin|config|local)\.")
@@ -138,6 +144,7 @@ def latest_optime(client: MongoClient[Any]) -> Any:
 
 
 __all__ = [
+    "DATA_WRITE_CONCERN",
     "RAW",
     "check_ca_file",
     "connect",

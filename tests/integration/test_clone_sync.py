@@ -9,7 +9,7 @@ from typing import Any
 import bson
 import pytest
 from bson import Binary, Code, Decimal128, Int64, MaxKey, MinKey, ObjectId, Regex, Timestamp
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 
 from tasks.errors import NamespaceChangedError, TerminalError
 from tasks.migration import Migration
@@ -323,3 +323,45 @@ def test_auto_partitioning_follows_how_the_source_reads_id_ranges(
         parts = m.store.clone_summary(cfg.name)
     assert parts[f"{dbname}.big"]["partitions"] == len(auto)
     assert assert_same_data(src_client, dst_client, [dbname]) == stats.docs == 2500
+
+
+class _Writes(monitoring.CommandListener):
+    """Records the write concern of every data write sent to one database."""
+
+    def __init__(self, db: str) -> None:
+        self.db, self.seen = db, []  # type: ignore[var-annotated]
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.database_name == self.db and event.command_name in ("insert", "update", "delete"):
+            self.seen.append((event.command_name, dict(event.command.get("writeConcern") or {})))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_migrated_data_is_written_with_majority_write_concern(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dbname: str
+) -> None:
+    """Clone inserts and sync lane writes are majority writes, like the checkpoints that follow them."""
+    listener = _Writes(dbname)
+    dst = MongoClient(pair[1].uri, event_listeners=[listener])
+    try:
+        src_client[dbname]["c"].insert_many([{"_id": i, "v": i} for i in range(300)])
+        cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+        m = _migrate_until_synced(cfg, src_client, dst)
+        try:
+            src_client[dbname]["c"].update_one({"_id": 1}, {"$set": {"v": "new"}})
+            src_client[dbname]["c"].delete_one({"_id": 2})
+            src_client[dbname]["c"].insert_one({"_id": 1000})
+            _drain(m, src_client)
+        finally:
+            m.close()
+        assert assert_same_data(src_client, dst, [dbname]) == 300  # 300 - 1 deleted + 1 inserted
+    finally:
+        dst.close()
+    kinds = {name for name, _ in listener.seen}
+    assert {"insert", "update"} <= kinds  # the clone's inserts and the lanes' upserts/deletes
+    assert all(wc.get("w") == "majority" for _, wc in listener.seen), listener.seen
