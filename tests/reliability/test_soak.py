@@ -111,7 +111,10 @@ def test_soak(tmp_path: Path) -> None:
                         sp.source.start()
                         restarted = True
                     max_lag = max(max_lag, runner.state.lag_seconds or 0.0)
-                assert restarted and runner.state.reconnects > 0 and writer.interruptions > 0
+                # The outage really happened (the writer lost the source). The sync may ride it out through its
+                # own reconnect or through pymongo's one automatic change stream resume: either is fine, and the
+                # byte-for-byte comparison below is what says nothing was lost.
+                assert restarted and writer.interruptions > 0
                 ops = writer.stop()
                 target = latest_optime(src)
                 drain_start = time.monotonic()
