@@ -18,7 +18,7 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 
 from bench.common import Servers, Timer, engine_config, median, ratio, reset_destination
-from bench.data import SHAPES, create_indexes, db_stats
+from bench.data import SHAPES, create_indexes, db_stats, insert_batches
 from tasks.migration import Migration
 from tasks.mongo import RAW
 from tasks.state import Phase
@@ -35,15 +35,7 @@ Batches = dict[str, list[list[RawBSONDocument]]]
 def naive_copy(sv: Servers, db: str) -> None:
     """One thread, decoded dicts, 1,000 per ``insert_many``."""
     for shape in SHAPES:
-        dst = sv.dst[db][shape.name]
-        batch: list[dict[str, Any]] = []
-        for doc in sv.src[db][shape.name].find():
-            batch.append(doc)
-            if len(batch) >= NAIVE_BATCH:
-                dst.insert_many(batch, ordered=False)
-                batch = []
-        if batch:
-            dst.insert_many(batch, ordered=False)
+        insert_batches(sv.dst[db][shape.name], sv.src[db][shape.name].find(), NAIVE_BATCH)
 
 
 def prepare_batches(src: MongoClient[Any], db: str, batch_docs: int = INGEST_BATCH_DOCS) -> Batches:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,22 +134,33 @@ def split_counts(total: int) -> list[tuple[CollectionShape, int]]:
     return out
 
 
+def insert_batches(coll: Any, docs: Iterable[Any], size: int) -> None:
+    """Unordered ``insert_many`` of ``docs``, ``size`` at a time (seeding, and the naive copy's write side)."""
+    batch: list[Any] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= size:
+            coll.insert_many(batch, ordered=False)
+            batch = []
+    if batch:
+        coll.insert_many(batch, ordered=False)
+
+
 def seed_database(
     client: MongoClient[Any], db: str, total: int, seed: int = 1, indexes: bool = True, medium: bool = False
 ) -> int:
     """Write ``total`` documents over the three collections of ``db`` (with their indexes); returns bytes written."""
     nbytes = 0
+
+    def tallied(docs: Iterator[RawBSONDocument]) -> Iterator[RawBSONDocument]:
+        nonlocal nbytes
+        for doc in docs:
+            nbytes += len(doc.raw)
+            yield doc
+
     for shape, n in split_counts(total):
         coll = client[db].get_collection(shape.name, codec_options=RAW)
-        batch: list[RawBSONDocument] = []
-        for doc in raw_docs(shape.id_kind, 0, n, seed, medium):
-            batch.append(doc)
-            nbytes += len(doc.raw)
-            if len(batch) >= SEED_BATCH:
-                coll.insert_many(batch, ordered=False)
-                batch = []
-        if batch:
-            coll.insert_many(batch, ordered=False)
+        insert_batches(coll, tallied(raw_docs(shape.id_kind, 0, n, seed, medium)), SEED_BATCH)
         if indexes:
             create_indexes(client, db, shape)
     return nbytes

@@ -27,12 +27,11 @@ from typing import Any
 
 import yaml
 from bson.int64 import Int64
-from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import DeleteOne, InsertOne, MongoClient, UpdateOne
 
 from bench.common import Servers, config_dict, drop_databases, median, percentile, ratio, reset_destination
-from bench.data import SEED_BATCH, WORDS, CollectionShape, create_indexes, raw_docs
+from bench.data import SEED_BATCH, WORDS, CollectionShape, create_indexes, insert_batches, raw_docs
 from tasks.config import METADATA_DB
 from tasks.localservers import REPO_ROOT
 from tasks.mongo import RAW, latest_optime
@@ -79,15 +78,9 @@ class Mix:
 
 
 def seed_live(client: MongoClient[Any], db: str, n: int, seed: int) -> None:
-    coll = client[db].get_collection(LIVE.name, codec_options=RAW)
-    batch: list[RawBSONDocument] = []
-    for doc in raw_docs(LIVE.id_kind, 0, n, seed):
-        batch.append(doc)
-        if len(batch) >= SEED_BATCH:
-            coll.insert_many(batch, ordered=False)
-            batch = []
-    if batch:
-        coll.insert_many(batch, ordered=False)
+    insert_batches(
+        client[db].get_collection(LIVE.name, codec_options=RAW), raw_docs(LIVE.id_kind, 0, n, seed), SEED_BATCH
+    )
     create_indexes(client, db, LIVE)
 
 
