@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 WINDOW_SECONDS = 3.0
 STEP_GAIN = 1.10  # a step up is kept when it writes at least 10% more per second
 REPROBE_WINDOWS = 10  # windows between two looks at the neighbouring limits once settled
+HISTORY_WINDOWS = 100  # closed windows kept for inspection
 
 
 @dataclass
@@ -103,7 +105,8 @@ class WriteGate:
         self._window_amount = 0.0
         self._window_writes = 0
         self._announced = 0
-        self.history: list[tuple[int, float]] = []  # (limit, bytes/s) of every closed window
+        # (limit, rate) of the last closed windows; bounded, since a sync keeps its gate for days
+        self.history: deque[tuple[int, float]] = deque(maxlen=HISTORY_WINDOWS)
 
     @property
     def limit(self) -> int:
