@@ -11,12 +11,12 @@ different documents go to parallel lanes.
 from __future__ import annotations
 
 import logging
-import zlib
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from bson import decode, encode
+from bson import decode
 from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
@@ -25,6 +25,7 @@ from tasks.catalog import index_for_sync
 from tasks.clone import build_indexes
 from tasks.concurrency import WriteGate
 from tasks.errors import DocumentRejectedError, NamespaceChangedError, TerminalError, TransientError, classify
+from tasks.idkey import id_key, same_bytes
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
 from tasks.namespaces import Namespace, NamespaceFilter
 
@@ -41,11 +42,57 @@ IGNORED_EVENTS = frozenset(
 
 @dataclass
 class Write:
-    """The full-state write for one document: a replacement, or None for a delete."""
+    """The full-state write for one document: a replacement, or None for a delete.
+
+    ``reset``: an earlier write of the same batch named this document by a value-equal ``_id`` of other
+    bytes (``1`` then ``1.0``): the destination may hold the old form, so it is deleted first and the
+    document written anew, which leaves the source's bytes.
+    """
 
     ns: str
     id_value: Any
     doc: RawBSONDocument | None
+    reset: bool = False
+
+
+class WriteSet:
+    """What one batch owes the destination: the last write per document, or every write in order.
+
+    Documents are keyed by ``_id`` value (tasks/idkey.py), so value-equal ``_id``s are one document.  A
+    *serial* namespace (capped, or with a non-simple default collation) keeps every write in source order
+    instead: a capped collection's natural order and trimming follow insertion order, and under a
+    collation two different strings can be one ``_id``, which no byte or value key can tell.
+    """
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, Hashable], Write] = {}
+        self.serial: dict[str, list[Write]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.latest) or bool(self.serial)
+
+    def __len__(self) -> int:
+        return len(self.latest) + sum(len(v) for v in self.serial.values())
+
+    def add(self, w: Write, *, serial: bool = False) -> None:
+        if serial:
+            self.serial.setdefault(w.ns, []).append(w)
+            return
+        key = (w.ns, id_key(w.id_value))
+        before = self.latest.get(key)
+        if before is not None:
+            w.reset = before.reset or not same_bytes(before.id_value, w.id_value)
+            del self.latest[key]  # re-inserted: the dict's order stays the order of last writes
+        self.latest[key] = w
+
+    def lanes(self, n: int) -> list[list[Write]]:
+        """Split over ``n`` lanes: a document always to the same lane, a serial namespace whole to one."""
+        out: list[list[Write]] = [[] for _ in range(n)]
+        for key, w in self.latest.items():
+            out[hash(key) % n].append(w)
+        for ns, writes in self.serial.items():
+            out[hash(ns) % n].extend(writes)
+        return out
 
 
 class _Replacement(RawBSONDocument):
@@ -100,6 +147,7 @@ class Applier:
         self.nsfilter = nsfilter
         self.lanes = max(1, lanes)
         self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="apply") if self.lanes > 1 else None
+        self._serial: dict[str, bool] = {}  # namespace -> written in source order (see is_serial)
         # How many lanes write at once is measured, not assumed (tasks/concurrency.py).
         self.gate = WriteGate(self.lanes, what="sync lanes", unit=("writes/s", 1.0))
 
@@ -118,7 +166,7 @@ class Applier:
 
     def apply(self, events: list[Any], stats: ApplyStats) -> None:
         """Apply events in order: data events batched between DDL barriers."""
-        pending: dict[tuple[str, bytes], Write] = {}
+        pending = WriteSet()
         for ev in events:
             op = ev["operationType"]
             if op in DATA_EVENTS:
@@ -126,7 +174,7 @@ class Applier:
                     stats.skipped += 1
                     continue
                 w = data_write(ev)
-                pending[(w.ns, encode({"_id": w.id_value}))] = w  # the last write per document wins
+                pending.add(w, serial=self.is_serial(w.ns))
                 continue
             if op in IGNORED_EVENTS:
                 continue
@@ -138,49 +186,81 @@ class Applier:
                     stats.skipped += 1
                     continue
                 self.flush(pending, stats)
-                pending = {}
+                pending = WriteSet()
                 self.apply_ddl(ev, stats)
         self.flush(pending, stats)
 
+    def is_serial(self, ns: str) -> bool:
+        """Whether ``ns`` must be written in source order, every write: capped, or a non-simple collation.
+
+        Read once per namespace from the destination's catalog (created from the source's options) and
+        forgotten on every DDL event for the namespace or its database.
+        """
+        known = self._serial.get(ns)
+        if known is None:
+            db, _, coll = ns.partition(".")
+            info = next(iter(self.dst[db].list_collections(filter={"name": coll})), None)
+            opts = dict((info or {}).get("options") or {})
+            collation = dict(opts.get("collation") or {})
+            known = bool(opts.get("capped")) or collation.get("locale", "simple") != "simple"
+            self._serial[ns] = known
+        return known
+
     # -- data ---------------------------------------------------------------
-    def flush(self, pending: dict[tuple[str, bytes], Write], stats: ApplyStats) -> None:
+    def flush(self, pending: WriteSet, stats: ApplyStats) -> None:
         if not pending:
             return
-        lanes: list[list[Write]] = [[] for _ in range(self.lanes)]
-        for key, w in pending.items():
-            lanes[zlib.crc32(key[1]) % self.lanes].append(w)
+        lanes = [lane for lane in pending.lanes(self.lanes) if lane]
         if self._pool:
-            futures = [self._pool.submit(self._apply_lane, lane) for lane in lanes if lane]
+            futures = [self._pool.submit(self._apply_lane, lane) for lane in lanes]
             # Every lane ends before an error is raised: a lane still writing while the sync
             # reopens the stream and re-applies newer events could land an older state last.
             wait(futures)
             results = [f.result() for f in futures]
         else:
-            results = [self._apply_lane(lane) for lane in lanes if lane]
+            results = [self._apply_lane(lane) for lane in lanes]
         for ups, dels in results:
             stats.upserts += ups
             stats.deletes += dels
 
     def _apply_lane(self, writes: list[Write]) -> tuple[int, int]:
-        by_ns: dict[str, list[Any]] = {}
-        ups = dels = 0
+        by_ns: dict[str, list[Write]] = {}
         for w in writes:
-            if w.doc is None:
-                by_ns.setdefault(w.ns, []).append(DeleteOne({"_id": w.id_value}))
-                dels += 1
-            else:
-                doc = _Replacement(w.doc.raw, RAW) if isinstance(w.doc, RawBSONDocument) else w.doc
-                by_ns.setdefault(w.ns, []).append(ReplaceOne({"_id": w.id_value}, doc, upsert=True))
-                ups += 1
-        for ns, ops in by_ns.items():
+            by_ns.setdefault(w.ns, []).append(w)
+        ups = dels = 0
+        for ns, ws in by_ns.items():
             db, _, coll = ns.partition(".")
             c = self.dst[db].get_collection(coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
+            resets = [DeleteOne({"_id": w.id_value}) for w in ws if w.reset and w.doc is not None]
+            if resets:  # the old byte form of a value-equal _id goes first (see Write.reset)
+                self._bulk(c, ns, resets, ordered=False)
+            ops = [self._op(w) for w in ws]
+            self._bulk(c, ns, ops, ordered=self._serial.get(ns, False))
+            n_del = sum(1 for w in ws if w.doc is None)
+            dels += n_del
+            ups += len(ws) - n_del
+        return ups, dels
+
+    @staticmethod
+    def _op(w: Write) -> DeleteOne | ReplaceOne[Any]:
+        if w.doc is None:
+            return DeleteOne({"_id": w.id_value})
+        doc = _Replacement(w.doc.raw, RAW) if isinstance(w.doc, RawBSONDocument) else w.doc
+        return ReplaceOne({"_id": w.id_value}, doc, upsert=True)
+
+    def _bulk(self, c: Any, ns: str, ops: list[Any], *, ordered: bool) -> None:
+        """One bulk write through the concurrency gate; ordered ones go on past a harmless error."""
+        while ops:
             try:
                 with self.gate.slot(len(ops)):
-                    c.bulk_write(ops, ordered=False, bypass_document_validation=True)
+                    c.bulk_write(ops, ordered=ordered, bypass_document_validation=True)
+                return
             except BulkWriteError as exc:
-                self._raise_rejected(ns, ops, exc)
-        return ups, dels
+                self._raise_rejected(ns, ops, exc)  # raises unless every error was harmless
+                errs = exc.details.get("writeErrors") or []
+                if not ordered or not errs:
+                    return
+                ops = ops[int(errs[-1].get("index", len(ops))) + 1 :]  # an ordered bulk stopped there
 
     @staticmethod
     def _raise_rejected(ns: str, ops: list[Any], exc: BulkWriteError) -> None:
@@ -227,6 +307,8 @@ class Applier:
         d = self.dst[db]
         stats.ddl += 1
         log.info("DDL %s on %s.%s", op, db, coll)
+        for ns in [n for n in self._serial if n == f"{db}.{coll}" or (not coll and n.startswith(f"{db}."))]:
+            del self._serial[ns]  # capped or collation may differ from here on: read the catalog again
         if op == "create":
             opts = {k: v for k, v in desc.items() if k not in ("idIndex",)}
             try:

@@ -12,13 +12,11 @@ import os
 import signal
 import threading
 import time
-import zlib
 
 import pytest
-from bson import encode
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, WriteConcernError
 
-from tasks.apply import Applier, ApplyStats, Write
+from tasks.apply import Applier, ApplyStats, Write, WriteSet
 from tasks.config import NamespaceRules
 from tasks.errors import (
     EXIT_INTERRUPTED,
@@ -63,8 +61,10 @@ def test_applier_turns_write_errors_into_typed_errors() -> None:
 def test_flush_waits_for_every_lane_before_raising(monkeypatch: pytest.MonkeyPatch) -> None:
     lanes = 4
     applier = Applier(object(), NamespaceFilter.from_rules(NamespaceRules(include=["db.*"])), lanes)  # type: ignore[arg-type]
-    pending = {("db.c", encode({"_id": i})): Write("db.c", i, None) for i in range(16)}
-    lane_of = {i: zlib.crc32(encode({"_id": i})) % lanes for i in range(16)}
+    pending = WriteSet()
+    for i in range(16):
+        pending.add(Write("db.c", i, None))
+    lane_of = {w.id_value: n for n, lane in enumerate(pending.lanes(lanes)) for w in lane}
     other_lanes = {lane for lane in lane_of.values() if lane != lane_of[0]}
     finished: list[int] = []
     lock = threading.Lock()
