@@ -9,28 +9,27 @@ must scale out (workers claim partitions atomically, on any machine).
 from __future__ import annotations
 
 import logging
-import random
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
-from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
 from tasks import shutdown
 from tasks.catalog import CollectionSpec, Unsupported, creation_options, estimated_docs, index_for_sync, list_specs
 from tasks.concurrency import WriteGate
 from tasks.config import MigrationConfig
-from tasks.errors import DocumentRejectedError, LiveMigrateError, TerminalError, TransientError, classify
+from tasks.errors import DocumentRejectedError, TerminalError, TransientError
 from tasks.metadata import MetadataStore
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
 from tasks.namespaces import Namespace, NamespaceFilter
 from tasks.partition import IdRange, plan_ranges
 from tasks.progress import ProgressSink, null_sink
+from tasks.retry import retry_transient
 from tasks.state import Partition, utcnow
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,7 @@ T = TypeVar("T")
 MAX_BATCH_DOCS = 100_000  # the server's maxWriteBatchSize
 SIMPLE_COLLATION = {"locale": "simple"}
 LEASE_SECONDS = 60.0
+CAPPED_POSITION_LOST = 136
 
 
 @dataclass
@@ -46,27 +46,6 @@ class CloneStats:
     docs: int = 0
     bytes: int = 0
     partitions: int = 0
-
-
-def backoff_sleep(attempt: int, cap: float) -> None:
-    """Exponential backoff with full jitter."""
-    time.sleep(random.uniform(0, min(cap, 0.2 * 2**attempt)))
-
-
-def retry_transient(what: str, step: Callable[[int], T], attempts: int, cap: float) -> T:
-    """Run an idempotent step (given the attempt number), again after each transient error, with backoff."""
-    for attempt in range(attempts + 1):
-        try:
-            return step(attempt)
-        except LiveMigrateError:
-            raise
-        except PyMongoError as exc:
-            err = classify(exc, what)
-            if not isinstance(err, TransientError) or attempt >= attempts:
-                raise err from None
-            log.warning("%s: %s; retrying (%d/%d)", what, err, attempt + 1, attempts)
-            backoff_sleep(attempt, cap)
-    raise TransientError(f"{what} kept failing")  # pragma: no cover - the loop returns or raises
 
 
 class Cloner:
@@ -225,7 +204,7 @@ class Cloner:
         """Copy one partition, retrying transient errors; redoing it is idempotent."""
 
         def attempt_copy(attempt: int) -> None:
-            docs, nbytes = self._copy_once(part, clear_first=part.attempts > 1 or attempt > 0)
+            docs, nbytes = self._copy_or_restart(part, clear_first=part.attempts > 1 or attempt > 0)
             self.store.finish_partition(part.id, self.owner, docs, nbytes)
             with self._lock:
                 self.stats.docs += docs
@@ -233,6 +212,25 @@ class Cloner:
                 self.stats.partitions += 1
 
         retry_transient(part.ns, attempt_copy, self.cfg.tuning.retry_attempts, self.cfg.tuning.retry_max_seconds)
+
+    def _copy_or_restart(self, part: Partition, *, clear_first: bool) -> tuple[int, int]:
+        """One copy attempt; a capped collection that overwrote what the cursor stood on is copied again.
+
+        CappedPositionLost (136) on a read of a capped collection means the collection wrapped around
+        while the cursor was open (MongoDB manual, "Capped Collections": a tailable or natural-order
+        cursor loses its position when the document it points at is overwritten).  It is not the
+        change stream's history lost: the copy of that collection starts over, and the change
+        stream brings everything written meanwhile.
+        """
+        try:
+            return self._copy_once(part, clear_first=clear_first)
+        except OperationFailure as exc:
+            if exc.code != CAPPED_POSITION_LOST:
+                raise
+            raise TransientError(
+                f"{part.ns}: the capped collection overwrote documents while they were being copied "
+                "(CappedPositionLost): copying it again"
+            ) from None
 
     def _copy_once(self, part: Partition, *, clear_first: bool) -> tuple[int, int]:
         """Read the partition in batches; each batch is inserted while the next one is read.
