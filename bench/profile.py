@@ -97,7 +97,7 @@ def profile_sync(sv: Servers, events: int, out_dir: Path) -> dict[str, Any]:
     got: list[Any] = []
 
     def read() -> None:
-        with _watch_raw(sv.src, nsfilter, APPLY_BATCH, {"start_after": token}) as stream:
+        with _watch_raw(sv.src, nsfilter, APPLY_BATCH, {"start_after": token}, split=False) as stream:
             while len(got) < expected:
                 ev = stream.try_next()
                 if ev is not None:

@@ -165,11 +165,11 @@ def decision_cli(config: Path, action: str, *, approver: str | None, reason: str
             )
         if action == "cutover":
             lag = doc.lag.lag_seconds
-            if not doc.ready or lag is None or lag > cfg.cutover.max_lag_seconds:
+            if not doc.lag.ready or lag is None or lag > cfg.cutover.max_lag_seconds:
                 return say(
                     "refused",
                     f"cutover refused: lag is {lag if lag is not None else 'unknown'} s (max {cfg.cutover.max_lag_seconds:g} s)"
-                    + ("" if doc.ready else "; the migration is not ready to cut over yet"),
+                    + ("" if doc.lag.ready else "; the migration is not ready to cut over yet"),
                     EXIT_FAILED,
                 )
             if not yes and not (sys.stdin.isatty() and _confirm(CONFIRM_TEXT)):

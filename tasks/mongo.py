@@ -120,20 +120,46 @@ def _redact(text: str, uri: str) -> str:
     return text
 
 
+USER_WRITE_FILTER: dict[str, Any] = {
+    "op": {"$ne": "n"},
+    "$or": [
+        {"ns": {"$not": _BOOKKEEPING_NS}},
+        # MongoDB writes a committed transaction as `applyOps` in admin.$cmd (one entry, or a chain with
+        # partialTxn on 4.2+ for large ones), a batched delete (6.1+) likewise, a prepared transaction's
+        # commit (sharded clusters) as `commitTransaction`, and a rename as `renameCollection` there too
+        # (MongoDB manual "Replica Set Oplog"; server source repl/oplog_entry.idl, 7.0/8.0).
+        {
+            "ns": "admin.$cmd",
+            "$or": [
+                {"o.applyOps": {"$exists": True}},
+                {"o.commitTransaction": {"$exists": True}},
+                {"o.renameCollection": {"$exists": True}},
+            ],
+        },
+    ],
+}
+"""Oplog entries that are an application's writes: not no-ops, not the server's own bookkeeping in
+admin/config/local, but transactions and batched writes in admin.$cmd."""
+
+
+def latest_write(oplog: Any) -> Any:
+    """The ``ts`` of the newest entry of ``oplog`` (a collection shaped like local.oplog.rs) that is a user write."""
+    entry = oplog.find_one(USER_WRITE_FILTER, {"ts": 1}, sort=[("$natural", -1)])
+    return entry["ts"] if entry is not None else None
+
+
 def latest_optime(client: MongoClient[Any]) -> Any:
     """The time of the deployment's latest write (a bson Timestamp).
 
-    Read from the newest oplog entry that is a real write (not a no-op, not the
-    server's own bookkeeping in admin/config/local): ``hello``'s lastWrite is not
-    reliable across servers (SecantusDB advances it on every command).  Falls
-    back to ``hello`` when the oplog cannot be read.
+    Read from the newest oplog entry that is a real write (:data:`USER_WRITE_FILTER`):
+    ``hello``'s lastWrite is not reliable across servers (SecantusDB advances it on every
+    command).  A transaction counts: the drain and the quiet-source watch at cutover wait for it.
+    Falls back to ``hello`` when the oplog cannot be read.
     """
     try:
-        entry = client.local["oplog.rs"].find_one(
-            {"op": {"$ne": "n"}, "ns": {"$not": _BOOKKEEPING_NS}}, {"ts": 1}, sort=[("$natural", -1)]
-        )
-        if entry is not None:
-            return entry["ts"]
+        ts = latest_write(client.local["oplog.rs"])
+        if ts is not None:
+            return ts
     except PyMongoError:
         pass
     hello = client.admin.command("hello")
@@ -151,6 +177,7 @@ __all__ = [
     "connect_side",
     "describe_endpoint",
     "latest_optime",
+    "latest_write",
 ]
 
 

@@ -78,6 +78,7 @@ class Lag(_Record):
     applied_events: int = 0
     applied_time: int | None = None  # seconds part of the last applied cluster time
     source_time: int | None = None
+    ready: bool = False  # ready to cut over now (the lag is and stayed under the bound); drops when it passes it
     updated_at: dt.datetime | None = None
 
 
@@ -120,6 +121,7 @@ class MigrationDoc(_Record):
     pending_decision: dict[str, Any] | None = None  # a CLI request the flow has not consumed yet
     write_blocked: bool = False
     fcv: dict[str, str | None] = Field(default_factory=dict)  # featureCompatibilityVersion of each side at begin
+    fence: int = 0  # epoch of the destination lock held by the process that drives it (tasks/metadata.py)
 
     def to_mongo(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="python")
@@ -133,6 +135,7 @@ class Checkpoint(_Record):
     token: dict[str, Any] | None = None
     cluster_time: dict[str, int] | None = None  # {t, i} of the last applied event (or caught-up time)
     applied_events: int = 0
+    fence: int = 0  # epoch of the lock its writer held: a writer with an older epoch is refused
     updated_at: dt.datetime = Field(default_factory=utcnow)
 
     def to_mongo(self) -> dict[str, Any]:

@@ -13,17 +13,26 @@ Reading and applying overlap: while one batch is applied (by a second thread,
 batches strictly one after another) the next is read, and it is handed over
 as soon as the applier is free, so under load the batches grow and when the
 load is light they stay small and the lag low.
+
+"Applied through T" means every event at or before cluster time T is applied.  Events share a
+cluster time (a transaction's events, on MongoDB 8.0 unrelated ones too: change-events reference,
+``clusterTime``), so a batch that ends at an event of time T only proves the events *before* T; T
+itself is proven once the stream answers "nothing more" (its high-water mark, or the operationTime of
+the reply before).  Large events arrive split (``$changeStreamSplitLargeEvent``, MongoDB 7.0 and
+6.0.9) and are joined before they are applied; a batch never ends between two fragments.  Lag,
+readiness and the window are the status module's (tasks/syncstatus.py); phase changes are the
+Migration's (a failure is handed to ``on_failure``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 from bson import CodecOptions
@@ -31,17 +40,18 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.client_session import ClientSession
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.synchronous.change_stream import ClusterChangeStream
 
-from tasks.apply import Applier, ApplyStats
+from tasks.apply import Applier
 from tasks.config import MigrationConfig
-from tasks.errors import FCVChangedError, HistoryLostError, LiveMigrateError, TransientError, classify
+from tasks.errors import HistoryLostError, LiveMigrateError, TerminalError, TransientError, classify
 from tasks.metadata import MetadataStore
 from tasks.mongo import latest_optime
 from tasks.namespaces import NamespaceFilter
-from tasks.progress import RateMeter
-from tasks.state import ACTIVE, Checkpoint, Lag, Phase, utcnow
+from tasks.retry import RetryBudget
+from tasks.state import Checkpoint
+from tasks.syncstatus import FCVWatch, SyncState, SyncStatus, catch_up_estimate, fcv
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +61,15 @@ COLLECT_SECONDS = 0.5
 last apply time) measured slower on the test servers: lag p50 2.9 s against 1.7 s at half the capacity."""
 FALLBACK_SECONDS = 5.0
 """How often the source's oplog may be read for its latest write when replies carry no operationTime."""
-FCV_POLL_SECONDS = 10.0
-"""How often the sync compares both sides' featureCompatibilityVersion with the versions at begin."""
+BLOCKED_MEASURE_SECONDS = 1.0
+"""While one batch takes long to apply (an index build), how often the lag is measured meanwhile."""
+BSON_OBJECT_TOO_LARGE = 10334
+UNRECOGNIZED_STAGE = 40324
+SPLIT_STAGE: dict[str, Any] = {"$changeStreamSplitLargeEvent": {}}
+FRAGMENT_WAIT_SECONDS = 30.0
+"""How long the rest of a split event may take to arrive (the server sends the fragments back to back)."""
+
+__all__ = ["SyncRunner", "SyncState", "catch_up_estimate", "fcv", "open_start_point", "token_time"]
 
 
 def ts_dict(ts: Timestamp | None) -> dict[str, int] | None:
@@ -83,12 +100,9 @@ def token_dict(token: Any) -> dict[str, Any] | None:
     return dict(token.items()) if hasattr(token, "items") else dict(token)
 
 
-def fcv(client: MongoClient[Any]) -> str | None:
-    try:
-        res = client.admin.command({"getParameter": 1, "featureCompatibilityVersion": 1})
-        return str(res["featureCompatibilityVersion"]["version"])
-    except (PyMongoError, KeyError):
-        return None
+def just_before(ts: Timestamp) -> Timestamp:
+    """The latest cluster time before ``ts``: what a batch ending at an event of time ``ts`` proves applied."""
+    return Timestamp(ts.time, ts.inc - 1) if ts.inc > 0 else Timestamp(ts.time - 1, 0xFFFFFFFF)
 
 
 def open_start_point(source: MongoClient[Any]) -> tuple[dict[str, Any], Timestamp]:
@@ -108,44 +122,8 @@ class _InFlight:
 
     future: Future[None]
     token: Any
-    last_time: Timestamp | None
+    through: Timestamp | None  # every event at or before this cluster time is in this batch or an earlier one
     events: int
-
-
-@dataclass
-class SyncState:
-    """Live numbers the runner exposes (read by flows, describe and metrics)."""
-
-    applied_events: int = 0
-    applied_time: Timestamp | None = None
-    source_time: Timestamp | None = None
-    lag_seconds: float | None = None
-    events_per_second: float = 0.0
-    catch_up_seconds: float | None = None
-    under_lag_since: float | None = None
-    ready: bool = False
-    error: LiveMigrateError | None = None
-    running: bool = False
-    stats: ApplyStats = field(default_factory=ApplyStats)
-    checkpoint_events: int | None = None  # applied_events recorded with the last stored checkpoint
-    checkpoint_time: Timestamp | None = None  # its cluster time
-    failures: int = 0  # consecutive transient failures (reset by every checkpointed batch)
-    reconnects: int = 0  # transient failures ridden out since start
-
-
-def catch_up_estimate(lag_seconds: float, applied_speed: float) -> float | None:
-    """Seconds until the lag reaches zero, or None while it is not closing.
-
-    ``applied_speed`` is how many seconds of the source's history the sync
-    applies per wall-clock second; the source writes one second of history
-    per second, so the gap closes at ``applied_speed - 1``.
-    """
-    if lag_seconds <= 0:
-        return 0.0
-    closing = applied_speed - 1.0
-    if closing <= 0.05:
-        return None
-    return round(lag_seconds / closing, 1)
 
 
 class SyncRunner:
@@ -158,6 +136,7 @@ class SyncRunner:
         dest: MongoClient[Any],
         store: MetadataStore,
         on_tick: Callable[[SyncState], None] | None = None,
+        on_failure: Callable[[LiveMigrateError], None] | None = None,
     ) -> None:
         self.cfg = config
         self.name = config.name
@@ -166,17 +145,16 @@ class SyncRunner:
         self.store = store
         self.nsfilter = NamespaceFilter.from_rules(config.namespaces)
         self.state = SyncState()
+        self.status = SyncStatus(config, store, self.state)
+        self.fcv = FCVWatch(source, dest, store, self.name)
         self.stop_event = threading.Event()
         self.on_tick = on_tick
+        self.on_failure = on_failure  # the sync stopped on an error: the Migration records it
         self._thread: threading.Thread | None = None
-        self._rate = RateMeter()
-        self._applied_clock: RateMeter | None = None  # seconds of source history applied per wall-clock second
-        self._last_persist = 0.0
-        self._window_open = False  # the stored record already says ready (window opened)
-        self._last_fcv_check = 0.0
-        self._fcv: tuple[str | None, str | None] | None = None
         self._changed = threading.Condition()
         self._last_fallback = -FALLBACK_SECONDS
+        self._split: bool | None = None  # the source takes $changeStreamSplitLargeEvent (None: not asked yet)
+        self._budget = RetryBudget("sync", config.tuning.retry_attempts, config.tuning.retry_max_seconds, 0.5)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -231,29 +209,18 @@ class SyncRunner:
             self.state.error = classify(exc)
             log.error("sync stopped: %s", self.state.error)
         finally:
-            if self.state.error is not None:
-                self._record_failure(self.state.error)
+            if self.state.error is not None and self.on_failure is not None:
+                # At once, not only by whoever waits on the runner: describe shows it while the flow is paused.
+                self.on_failure(self.state.error)
             with self._changed:
                 self._changed.notify_all()
-
-    def _record_failure(self, exc: LiveMigrateError) -> None:
-        """The sync stopped on an error: the migration is failed (resumable once the cause is fixed).
-
-        Recorded here, not only by whoever waits on the runner, so `describe`
-        shows it at once even while the flow sits paused for a decision.
-        """
-        try:
-            doc = self.store.load(self.name)
-            if doc.phase in ACTIVE:
-                self.store.set_phase(self.name, Phase.FAILED, error=exc.one_line())
-        except (PyMongoError, LiveMigrateError) as err:
-            log.warning("could not record the sync failure in the metadata store: %s", type(err).__name__)
 
     # -- the loop -------------------------------------------------------------
     def run(self) -> None:
         """Follow the stream until stop_event; retry transient errors from the last checkpoint."""
         self.state.running = True
         st = self.state
+        self._budget.succeeded()
         st.failures = 0
         applier = Applier(self.dst, self.nsfilter, self.cfg.tuning.sync_lanes, source=self.src)
         try:
@@ -261,20 +228,14 @@ class SyncRunner:
                 try:
                     self._follow(applier)
                 except (PyMongoError, LiveMigrateError) as exc:
-                    err = classify(exc)
-                    if isinstance(err, HistoryLostError) or not isinstance(err, TransientError):
-                        raise err from None
-                    st.failures += 1
+                    delay = self._budget.failed(exc)  # raises what is terminal, or past the budget
+                    st.failures = self._budget.failures
                     st.reconnects += 1
-                    if st.failures > self.cfg.tuning.retry_attempts:
-                        raise TransientError(f"sync gave up after {st.failures} failures in a row: {err}") from None
-                    delay = min(self.cfg.tuning.retry_max_seconds, 0.5 * 2**st.failures)
-                    log.warning("sync: %s; reconnecting in %.1fs (%d in a row)", err, delay, st.failures)
                     self.stop_event.wait(delay)
         finally:
             applier.close()
             self.state.running = False
-            self._persist(force=True)
+            self.status.persist(force=True)
 
     def _open_stream(self, session: ClientSession) -> Any:
         cp = self.store.load_checkpoint(self.name)
@@ -292,7 +253,21 @@ class SyncRunner:
             kwargs["start_at_operation_time"] = ts_from(doc.start_time)
         else:
             raise HistoryLostError(f"migration {self.name!r} has no change stream start point")
-        return _watch_raw(self.src, self.nsfilter, self.cfg.tuning.sync_batch_events, kwargs, session)
+        batch = self.cfg.tuning.sync_batch_events
+        if self._split is not False:
+            try:
+                stream = _watch_raw(self.src, self.nsfilter, batch, kwargs, session, split=True)
+                self._split = True
+                return stream
+            except OperationFailure as exc:
+                if exc.code != UNRECOGNIZED_STAGE and "changeStreamSplitLargeEvent" not in str(exc):
+                    raise
+                self._split = False
+                log.warning(
+                    "the source does not split change events over 16 MB ($changeStreamSplitLargeEvent needs "
+                    "MongoDB 7.0 or 6.0.9): such an event will stop the sync with its namespace and _id"
+                )
+        return _watch_raw(self.src, self.nsfilter, batch, kwargs, session, split=False)
 
     def _follow(self, applier: Applier) -> None:
         """Read the stream and apply it in batches; a batch is applied while the next one is read.
@@ -310,32 +285,31 @@ class SyncRunner:
             try:
                 limit = self.cfg.tuning.sync_batch_events
                 while not self.stop_event.is_set():
-                    self._check_fcv()
+                    self.fcv.check()
                     # The source's latest write as of the last reply (every reply carries its operationTime):
                     # an empty getMore after it means every event up to it has been seen.
                     before = session.operation_time or self._source_time_fallback()
-                    batch, caught_up = self._collect(stream, limit, inflight)
+                    batch, caught_up = self._collect(stream, limit, inflight, session)
                     token = stream.resume_token
+                    # MongoDB's high-water token says exactly how far the stream has read; else `before`.
+                    seen = (token_time(token) or before) if caught_up else None
                     if inflight is not None:
-                        self._land(inflight, session.operation_time)
+                        self._land(inflight, session)
                         inflight = None
                     if batch:
-                        last = batch[-1].get("clusterTime") or self.state.applied_time
+                        through = self._through(batch[-1].get("clusterTime"), seen)
                         inflight = _InFlight(
-                            pool.submit(applier.apply, batch, self.state.stats), token, last, len(batch)
+                            pool.submit(applier.apply, batch, self.state.stats), token, through, len(batch)
                         )
                         continue
                     applied_time = self.state.applied_time
-                    if caught_up:
-                        # MongoDB's high-water token says exactly how far the stream has read; else `before`.
-                        seen = token_time(token) or before
-                        if seen is not None and (applied_time is None or seen > applied_time):
-                            applied_time = seen
+                    if seen is not None and (applied_time is None or seen > applied_time):
+                        applied_time = seen
                     self._checkpoint(token, applied_time, self.state.applied_events)
                     self.state.applied_time = applied_time
-                    self._measure(session.operation_time, caught_up)
+                    self._observe(session.operation_time, caught_up)
                 if inflight is not None:  # stopped: the batch in hand is applied and checkpointed first
-                    self._land(inflight, session.operation_time)
+                    self._land(inflight, session)
                     inflight = None
             finally:
                 if inflight is not None:
@@ -343,40 +317,134 @@ class SyncRunner:
                     # (a write still landing after newer events are re-applied could leave an older state).
                     wait([inflight.future])
 
-    def _collect(self, stream: Any, limit: int, inflight: _InFlight | None) -> tuple[list[Any], bool]:
+    def _through(self, last: Timestamp | None, seen: Timestamp | None) -> Timestamp | None:
+        """How far a batch ending at an event of cluster time ``last`` proves the history applied.
+
+        Only the events before ``last`` unless the stream then said "nothing more" (``seen``): more
+        events of the same cluster time (the rest of a transaction) may still come.
+        """
+        applied = self.state.applied_time
+        if last is None:
+            return applied
+        through = max(last, seen) if seen is not None else just_before(last)
+        return through if applied is None or through > applied else applied
+
+    def _collect(
+        self, stream: Any, limit: int, inflight: _InFlight | None, session: ClientSession
+    ) -> tuple[list[Any], bool]:
         """Events for the next batch: while a batch is being applied, until it is done; else up to COLLECT_SECONDS.
 
-        Returns the events and whether the stream answered "nothing more" (an empty getMore).
+        Returns the events and whether the stream answered "nothing more" (an empty getMore).  While the
+        batch in flight takes long (an index build), the lag is measured meanwhile from the replies'
+        operationTime: it grows, and readiness drops once it passes the bound.
         """
         batch: list[Any] = []
-        deadline = time.monotonic() + COLLECT_SECONDS
+        started = time.monotonic()
+        deadline = started + COLLECT_SECONDS
+        measured = started
         # A stop request ends the collection early: what is in hand is applied and checkpointed.
         while len(batch) < limit and not self.stop_event.is_set():
             if inflight is not None:
                 if batch and inflight.future.done():
                     break  # the applier is free: hand it what there is
+                if time.monotonic() - measured >= BLOCKED_MEASURE_SECONDS:
+                    measured = time.monotonic()
+                    self._observe(session.operation_time, False)
             elif time.monotonic() >= deadline:
                 break
-            ev = stream.try_next()
+            ev = self._next(stream)
             if ev is None:
                 return batch, True
             batch.append(ev)
         return batch, False
 
-    def _land(self, done: _InFlight, source_time: Timestamp | None) -> None:
-        """Wait for an applied batch, then checkpoint it and publish it (errors raise here, in stream order)."""
-        done.future.result()
+    def _next(self, stream: Any) -> Any:
+        """The next whole event, or None: the fragments of a split event are read and joined here."""
+        try:
+            ev = stream.try_next()
+            split = ev.get("splitEvent") if ev is not None else None
+            if split is None or split.get("of", 1) <= 1:
+                return ev
+            return self._join(stream, ev)
+        except OperationFailure as exc:
+            if exc.code == BSON_OBJECT_TOO_LARGE:
+                raise self._too_large(stream.resume_token) from None
+            raise
+
+    def _join(self, stream: Any, first: Any) -> dict[str, Any]:
+        """One event from its fragments (``splitEvent: {fragment, of}``): each holds some top-level fields.
+
+        The checkpoint is never taken between fragments, so a stream reopened from it starts at a
+        fragment 1; pymongo's own resume inside this loop continues after the last fragment read.
+        """
+        split = first["splitEvent"]
+        if split.get("fragment") != 1:
+            raise TransientError("the change stream resumed in the middle of a split event: reopening it")
+        parts = [first]
+        deadline = time.monotonic() + FRAGMENT_WAIT_SECONDS
+        while parts[-1]["splitEvent"]["fragment"] < split["of"]:
+            nxt = stream.try_next()
+            if nxt is None:
+                if time.monotonic() > deadline:
+                    raise TransientError("the rest of a split change event did not arrive: reopening the stream")
+                continue
+            parts.append(nxt)
+        joined: dict[str, Any] = {}
+        for part in parts:
+            joined.update((k, v) for k, v in part.items() if k != "splitEvent")
+        return joined
+
+    def _too_large(self, after: Any) -> TerminalError:
+        """The named error for an event over 16 MB: which namespace and document it is about.
+
+        The server refused the whole event, so it is read again without the document and the update
+        (a $project of the large fields) just to name it.
+        """
+        what = "a change event"
+        try:
+            kwargs = {"start_after": after} if after else {}
+            project = {"$project": {"fullDocument": 0, "updateDescription": 0, "fullDocumentBeforeChange": 0}}
+            with _watch_raw(self.src, self.nsfilter, 1, kwargs, None, split=False, extra=[project], lookup=False) as s:
+                ev = s.try_next()
+            if ev is not None:
+                ns = ev.get("ns") or {}
+                key = (ev.get("documentKey") or {}).get("_id")
+                what = f"{ns.get('db')}.{ns.get('coll')}: the {ev.get('operationType')} event of _id {key!r}"
+        except PyMongoError:
+            pass  # the event stays unnamed; the error below still says what to do
+        how = (
+            "a single field of it is over 16 MB even split"
+            if self._split
+            else "the source cannot split large events ($changeStreamSplitLargeEvent needs MongoDB 7.0 or 6.0.9)"
+        )
+        return TerminalError(
+            f"{what} is larger than 16 MB with its looked-up document: {how}",
+            remedy="upgrade the source, or make the document smaller on the source, then resume the migration",
+        )
+
+    def _land(self, done: _InFlight, session: ClientSession) -> None:
+        """Wait for an applied batch, then checkpoint it and publish it (errors raise here, in stream order).
+
+        While the batch takes long (an index build inside it), the lag keeps being measured from the
+        source's latest write: it grows, and readiness drops once it passes the bound.
+        """
+        while True:
+            try:
+                done.future.result(timeout=BLOCKED_MEASURE_SECONDS)
+                break
+            except FutureTimeout:
+                self._observe(self._source_time_fallback(every=BLOCKED_MEASURE_SECONDS), False)
         self._record_index_changes()
-        self._checkpoint(done.token, done.last_time, self.state.applied_events + done.events)
+        self._checkpoint(done.token, done.through, self.state.applied_events + done.events)
         # Published only once applied and checkpointed: waiters may rely on it.
         self.state.applied_events += done.events
-        self.state.applied_time = done.last_time
-        self._measure(source_time, False)
+        self.state.applied_time = done.through
+        self._observe(session.operation_time, False)
 
-    def _source_time_fallback(self) -> Timestamp | None:
-        """The latest write read from the source itself, at most every FALLBACK_SECONDS (replies had no time)."""
+    def _source_time_fallback(self, every: float = FALLBACK_SECONDS) -> Timestamp | None:
+        """The latest write read from the source itself, at most every ``every`` seconds."""
         now = time.monotonic()
-        if now - self._last_fallback < FALLBACK_SECONDS:
+        if now - self._last_fallback < every:
             return None
         self._last_fallback = now
         try:
@@ -409,90 +477,15 @@ class SyncRunner:
         self.store.save_checkpoint(cp)
         st = self.state
         st.checkpoint_events, st.checkpoint_time = applied_events, applied_time
-        st.failures = 0  # a batch went all the way through: the failure budget starts afresh
+        self._budget.succeeded()  # a batch went all the way through: the failure budget starts afresh
+        st.failures = 0
 
-    def _check_fcv(self) -> None:
-        now = time.monotonic()
-        if now - self._last_fcv_check < FCV_POLL_SECONDS:
-            return
-        self._last_fcv_check = now
-        cur = (fcv(self.src), fcv(self.dst))
-        if self._fcv is None:  # the versions recorded at begin, so a change during the clone counts too
-            began = self.store.load(self.name).fcv
-            self._fcv = (began.get("source"), began.get("destination"))
-        # A side that could not be read (then or now) is compared from its first reading on.
-        self._fcv = (self._fcv[0] or cur[0], self._fcv[1] or cur[1])
-        changed = [
-            f"{side} {was} -> {new}"
-            for side, was, new in zip(("source", "destination"), self._fcv, cur, strict=True)
-            if new is not None and new != was
-        ]
-        if changed:
-            raise FCVChangedError(f"featureCompatibilityVersion changed during the migration ({', '.join(changed)})")
-
-    def _applied_speed(self) -> float:
-        """Seconds of the source's history applied per second (smoothed); 0 until measured."""
-        t = self.state.applied_time
-        if t is None:
-            return 0.0
-        if self._applied_clock is None:
-            self._applied_clock = RateMeter(_last_v=float(t.time))
-            return 0.0
-        return self._applied_clock.update(float(t.time))
-
-    def _measure(self, source_time: Timestamp | None, idle: bool) -> None:
-        """Lag = the source's latest write time minus the applied time; zero once a read came back empty."""
-        st = self.state
-        st.source_time = source_time or self._source_time_fallback() or st.source_time
-        if idle and st.applied_time is not None:
-            st.lag_seconds = 0.0  # nothing left to read: everything written before the read is applied
-        elif st.source_time is not None and st.applied_time is not None:
-            st.lag_seconds = float(max(0, st.source_time.time - st.applied_time.time))
-        st.events_per_second = self._rate.update(st.applied_events)
-        if st.lag_seconds is not None:
-            st.catch_up_seconds = catch_up_estimate(st.lag_seconds, self._applied_speed())
-            if st.lag_seconds <= self.cfg.cutover.max_lag_seconds:
-                st.under_lag_since = st.under_lag_since or time.monotonic()
-                if time.monotonic() - st.under_lag_since >= self.cfg.cutover.ready_after_seconds:
-                    st.ready = True
-            else:
-                st.under_lag_since = None
-        self._persist()
+    def _observe(self, source_time: Timestamp | None, idle: bool) -> None:
+        self.status.observe(source_time or self._source_time_fallback(), idle)
         if self.on_tick:
-            self.on_tick(st)
+            self.on_tick(self.state)
         with self._changed:
             self._changed.notify_all()
-
-    def _persist(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_persist < 2.0:
-            return
-        self._last_persist = now
-        st = self.state
-        lag = Lag(
-            lag_seconds=st.lag_seconds,
-            events_per_second=round(st.events_per_second, 2),
-            catch_up_seconds=st.catch_up_seconds,
-            applied_events=st.applied_events,
-            applied_time=st.applied_time.time if st.applied_time else None,
-            source_time=st.source_time.time if st.source_time else None,
-            updated_at=utcnow(),
-        )
-        fields: dict[str, Any] = {"lag": lag}
-        try:
-            if st.ready and not self._window_open:
-                doc = self.store.load(self.name)
-                if not doc.ready:
-                    now_dt = utcnow()
-                    fields.update(
-                        ready=True,
-                        ready_since=now_dt,
-                        window_opens_at=now_dt,
-                        window_closes_at=now_dt + dt.timedelta(hours=self.cfg.cutover.window_hours),
-                    )
-            self._window_open = self.store.update(self.name, **fields).ready
-        except PyMongoError as exc:
-            log.warning("could not persist lag: %s", type(exc).__name__)
 
     # -- waiting ----------------------------------------------------------------
     def wait(self, predicate: Callable[[SyncState], bool], timeout: float) -> bool:
@@ -510,6 +503,7 @@ class SyncRunner:
                 self._changed.wait(min(left, 0.5))
 
     def applied_through(self, ts: Timestamp) -> bool:
+        """Every event at or before cluster time ``ts`` is applied (whole transactions included)."""
         return self.state.applied_time is not None and self.state.applied_time >= ts
 
 
@@ -519,13 +513,21 @@ def _watch_raw(
     batch: int,
     kwargs: dict[str, Any],
     session: ClientSession | None = None,
+    *,
+    split: bool,
+    extra: list[dict[str, Any]] | None = None,
+    lookup: bool = True,
 ) -> Any:
-    """A cluster-wide change stream whose events (and documents) stay raw BSON."""
+    """A cluster-wide change stream whose events (and documents) stay raw BSON.
+
+    ``split`` adds ``$changeStreamSplitLargeEvent`` (it must be the last stage).
+    """
     admin = source.get_database("admin", codec_options=EVENT_CODEC)
+    pipeline = [nsfilter.change_stream_match(), *(extra or []), *([SPLIT_STAGE] if split else [])]
     stream = ClusterChangeStream(
         admin,
-        [nsfilter.change_stream_match()],
-        "updateLookup",
+        pipeline,
+        "updateLookup" if lookup else None,
         kwargs.get("resume_after"),
         200,  # max_await_time_ms
         batch,

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bson import Int64, ObjectId, Timestamp
+from bson import Int64, ObjectId, Timestamp, encode
 from mockupdb import MockupDB
 from pymongo import MongoClient
 
@@ -33,6 +33,8 @@ from pymongo import MongoClient
 WIRE = {(6, 0): 17, (7, 0): 21, (8, 0): 25, (8, 2): 27}
 UNAUTHORIZED = {"ok": 0, "errmsg": "not authorized on admin to execute command", "code": 13, "codeName": "Unauthorized"}
 MAX_AWAIT_MS = 200  # a tailable getMore waits at most this long (real servers: maxTimeMS, 1 s by default)
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # BSONObjMaxUserSize: a change event larger than this is refused
+SPLIT_STAGE = "$changeStreamSplitLargeEvent"
 
 
 def command_not_found(name: str) -> dict[str, Any]:
@@ -91,6 +93,10 @@ class FakeMongod:
         self.sharded: dict[str, dict[str, Any]] = {}
         self.inserted: dict[str, int] = {}
         self._streams: dict[int, str] = {}  # open change-stream cursors: id -> ns
+        # Scripted change events (whole, as the server would build them), served by every stream opened
+        # after they were added; a stream keeps its own position and its pipeline's split/$project.
+        self.events: list[dict[str, Any]] = []
+        self._stream_state: dict[int, dict[str, Any]] = {}
         self._stopping = threading.Event()
 
     @property
@@ -190,16 +196,68 @@ class FakeMongod:
         return {"_data": f"82{self.optime.time:08X}{self.optime.inc:08X}2B0229296E04"}
 
     def _change_stream(self, db: str, doc: dict[str, Any]) -> dict[str, Any]:
+        pipeline = list(doc.get("pipeline", []))
+        split = any(SPLIT_STAGE in stage for stage in pipeline)
+        if split and self._version() < (6, 0, 9):
+            # Before 6.0.9 / 7.0 the stage does not exist (aggregation stage registry, server 6.0.9 release notes).
+            return {
+                "ok": 0,
+                "errmsg": f"Unrecognized pipeline stage name: '{SPLIT_STAGE}'",
+                "code": 40324,
+                "codeName": "Location40324",
+            }
         cid = Int64(random.randint(1, 2**62))
         ns = f"{db}.$cmd.aggregate" if doc.get("aggregate") == 1 else f"{db}.{doc.get('aggregate')}"
         self._streams[cid] = ns
+        start = dict(pipeline[0].get("$changeStream") or {}) if pipeline else {}
+        after = (start.get("startAfter") or start.get("resumeAfter") or {}).get("_data")
+        tokens = [e["_id"]["_data"] for e in self.events]
+        project = next((dict(st["$project"]) for st in pipeline if "$project" in st), {})
+        self._stream_state[int(cid)] = {
+            "pos": tokens.index(after) + 1 if after in tokens else 0,
+            "split": split,
+            "project": project,
+            "pending": [],  # fragments of a split event still to send
+        }
         return {"cursor": {"firstBatch": [], "postBatchResumeToken": self._token(), "id": cid, "ns": ns}}
+
+    def _next_event(self, cid: int) -> dict[str, Any] | None:
+        """The next event (or fragment) for one stream, as MongoDB 7.0 sends it; an error reply if refused."""
+        st = self._stream_state.get(cid)
+        if st is None:
+            return None
+        if st["pending"]:
+            return {"event": st["pending"].pop(0)}
+        if st["pos"] >= len(self.events):
+            return None
+        event = {k: v for k, v in self.events[st["pos"]].items() if st["project"].get(k, 1) != 0}
+        st["pos"] += 1
+        if len(encode(event)) <= MAX_EVENT_BYTES:
+            return {"event": event}
+        if not st["split"]:
+            return {
+                "error": {
+                    "ok": 0,
+                    "errmsg": f"BSONObj size: {len(encode(event))} is invalid. Size must be between 0 and 16793600(16MB) "
+                    f"First element: _id: {event['_id']}",
+                    "code": 10334,
+                    "codeName": "BSONObjectTooLarge",
+                }
+            }
+        st["pending"] = split_event(event)
+        return {"event": st["pending"].pop(0)}
 
     def _get_more(self, doc: dict[str, Any]) -> dict[str, Any]:
         cid = int(doc["getMore"])
         ns = self._streams.get(cid)
         if ns is None:
             return {"ok": 0, "errmsg": f"cursor id {cid} not found", "code": 43, "codeName": "CursorNotFound"}
+        nxt = self._next_event(cid)
+        if nxt is not None and "error" in nxt:
+            return dict(nxt["error"])
+        if nxt is not None:  # one event (or fragment) a batch: fragments of one event never share a batch
+            ev = nxt["event"]
+            return {"cursor": {"nextBatch": [ev], "postBatchResumeToken": ev["_id"], "id": Int64(cid), "ns": ns}}
         # An awaitData cursor with nothing new waits before answering; mockupdb serves every connection
         # under one lock, so release it meanwhile.
         with self.server._unlock():
@@ -471,6 +529,27 @@ class FakeMongod:
         reply.setdefault("ok", 1)
         reply.update(self._cluster_time())
         return bool(request.replies(reply))
+
+
+def split_event(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fragments of an event over 16 MB as $changeStreamSplitLargeEvent makes them (MongoDB 7.0 manual):
+    top-level fields in order, as many as fit in the first fragment, each fragment with its own resume
+    token (the event's, with the fragment number appended) and ``splitEvent: {fragment, of}``."""
+    fields = [(k, v) for k, v in event.items() if k != "_id"]
+    groups: list[list[tuple[str, Any]]] = [[]]
+    size = 0
+    for k, v in fields:
+        n = len(encode({k: v}))
+        if groups[-1] and size + n > MAX_EVENT_BYTES - 16 * 1024:
+            groups.append([])
+            size = 0
+        groups[-1].append((k, v))
+        size += n
+    token = event["_id"]["_data"]
+    return [
+        {"_id": {"_data": f"{token}{i:02X}"}, "splitEvent": {"fragment": i, "of": len(groups)}, **dict(group)}
+        for i, group in enumerate(groups, start=1)
+    ]
 
 
 @contextmanager

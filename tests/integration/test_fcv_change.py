@@ -6,7 +6,7 @@ mockupdb (tests/fake_mongod.py) following the whole SyncRunner: the change
 stream, the oplog read behind the lag and getParameter, whose answer the test
 changes mid-sync.  The destination and its metadata store are the real server.
 
-SyncRunner polls both sides' FCV every ``tasks.sync.FCV_POLL_SECONDS`` (10 s);
+SyncRunner polls both sides' FCV every ``tasks.syncstatus.FCV_POLL_SECONDS`` (10 s);
 the tests shorten it.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-import tasks.sync
+import tasks.syncstatus
 from tasks.errors import FCVChangedError
 from tasks.migration import Migration
 from tasks.sync import SyncRunner
@@ -35,7 +35,7 @@ MAX_TIME_MS_EXPIRED = {"ok": 0, "errmsg": "operation exceeded time limit", "code
 
 @pytest.fixture
 def fast_fcv_poll(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tasks.sync, "FCV_POLL_SECONDS", POLL)
+    monkeypatch.setattr(tasks.syncstatus, "FCV_POLL_SECONDS", POLL)
 
 
 @contextmanager
