@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +90,7 @@ class MetadataStore:
         self.locks: Collection[Any] = self.db["locks"]
         self.reports: Collection[Any] = self.db["reports"]
         self._indexes_made = False
+        self.fenced: tuple[str, int] | None = None  # (migration, lock epoch) this store writes under
 
     def ensure_indexes(self) -> None:
         if not self._indexes_made:
@@ -122,14 +124,22 @@ class MetadataStore:
         """Set fields (pydantic-serialised) on the migration record."""
         fields["updated_at"] = utcnow()
         sets = {k: _dump(v) for k, v in fields.items()}
-        raw = self.migrations.find_one_and_update({"_id": name}, {"$set": sets}, return_document=ReturnDocument.AFTER)
+        raw = self.migrations.find_one_and_update(
+            self._fenced(name), {"$set": sets}, return_document=ReturnDocument.AFTER
+        )
         if raw is None:
+            if self.fenced is not None and self.get(name) is not None:
+                raise self._refused(name)
             raise NotFoundError(f"no migration named {name!r}")
         _check_version(raw, f"migrations[{name}]")
         return MigrationDoc.model_validate(raw)
 
     def push(self, name: str, field: str, value: Any) -> None:
-        self.migrations.update_one({"_id": name}, {"$push": {field: _dump(value)}, "$set": {"updated_at": utcnow()}})
+        res = self.migrations.update_one(
+            self._fenced(name), {"$push": {field: _dump(value)}, "$set": {"updated_at": utcnow()}}
+        )
+        if res.matched_count == 0 and self.fenced is not None and self.get(name) is not None:
+            raise self._refused(name)
 
     def set_phase(self, name: str, new: Phase, **fields: Any) -> MigrationDoc:
         """Move to ``new`` if the phase table allows it (checked against the stored phase)."""
@@ -141,11 +151,13 @@ class MetadataStore:
         sets = {k: _dump(v) for k, v in fields.items()}
         sets.update({"phase": new.value, "updated_at": now})
         raw = self.migrations.find_one_and_update(
-            {"_id": name, "phase": current.phase.value},
+            {**self._fenced(name), "phase": current.phase.value},
             {"$set": sets, "$push": {"history": {"phase": new.value, "at": now}}},
             return_document=ReturnDocument.AFTER,
         )
-        if raw is None:  # somebody else moved it meanwhile: re-check against the new phase
+        if raw is None:  # somebody else moved it meanwhile (or took it over): re-check against the new phase
+            if self.migrations.find_one(self._fenced(name), {"_id": 1}) is None:
+                raise self._refused(name)
             return self.set_phase(name, new, **fields)
         log.info("migration %s: %s -> %s", name, current.phase.value, new.value)
         return MigrationDoc.model_validate(raw)
@@ -165,28 +177,78 @@ class MetadataStore:
         return new_id
 
     # -- lock -------------------------------------------------------------
-    def acquire_lock(self, name: str, owner: str, timeout_s: float) -> None:
-        """Hold the destination for migration ``name``; refuse if another live migration holds it."""
-        now = utcnow()
-        stale = now - dt.timedelta(seconds=timeout_s)
-        try:
-            self.locks.find_one_and_update(
-                {"_id": LOCK_ID, "$or": [{"holder": name}, {"heartbeat_at": {"$lt": stale}}, {"holder": None}]},
-                {"$set": {"holder": name, "owner": owner, "heartbeat_at": now, "schema_version": SCHEMA_VERSION}},
-                upsert=True,
+    def acquire_lock(self, name: str, owner: str, timeout_s: float) -> int:
+        """Make this process (``owner``) the one that drives migration ``name``; return the lock's epoch.
+
+        The destination has one lock: one migration at a time, driven by one process.  It is free when
+        nobody holds it, when its heartbeat is older than ``timeout_s``, or when it is this migration's
+        and its holder is provably dead (a process of this host that no longer exists).  Every
+        acquisition raises the epoch; writes of migration state carry it (:meth:`fence`), so a driver
+        that lost the lock cannot overwrite what the new one writes.
+        """
+        for _ in range(5):
+            held = self.locks.find_one({"_id": LOCK_ID})
+            now = utcnow()
+            if held is not None and held.get("holder") and held.get("owner") != owner:
+                beat = held.get("heartbeat_at")
+                age = (now - beat.replace(tzinfo=dt.UTC)).total_seconds() if beat else None
+                dead = held.get("holder") == name and owner_is_dead(held.get("owner"))
+                if not dead and age is not None and age <= timeout_s:
+                    raise _held_error(name, held, age, timeout_s)
+                if dead:
+                    log.warning("taking over migration %s from %s: that process is gone", name, held.get("owner"))
+            expect = (
+                {"_id": LOCK_ID}
+                if held is None
+                else {"_id": LOCK_ID, "owner": held.get("owner"), "epoch": held.get("epoch")}
             )
-        except DuplicateKeyError:
-            held = self.locks.find_one({"_id": LOCK_ID}) or {}
-            raise LockHeldError(
-                f"destination is locked by migration {held.get('holder')!r} (last heartbeat {held.get('heartbeat_at')})",
-                remedy="wait for it to finish, cancel it, or wait for its lock to expire",
-            ) from None
+            sets = {"holder": name, "owner": owner, "heartbeat_at": now, "schema_version": SCHEMA_VERSION}
+            try:
+                raw = self.locks.find_one_and_update(
+                    expect,
+                    {"$set": sets, "$inc": {"epoch": 1}},
+                    upsert=held is None,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                continue  # another process created it first: look again
+            if raw is not None:
+                return int(raw["epoch"])
+        raise LockHeldError(f"the destination lock for migration {name!r} kept changing hands: try again")
+
+    def fence(self, name: str, epoch: int) -> None:
+        """From now on this store writes migration ``name``'s state only while no newer epoch has (fencing)."""
+        self.migrations.update_one({"_id": name}, {"$max": {"fence": epoch}})
+        self.checkpoints.update_one({"_id": name}, {"$max": {"fence": epoch}})
+        self.fenced = (name, epoch)
+
+    def _fenced(self, name: str) -> dict[str, Any]:
+        """The filter that refuses a write of ``name``'s state by a driver that lost the lock."""
+        if self.fenced is None or self.fenced[0] != name:
+            return {"_id": name}
+        return {"_id": name, "fence": {"$not": {"$gt": self.fenced[1]}}}
+
+    def _refused(self, name: str) -> LockHeldError:
+        held = self.locks.find_one({"_id": LOCK_ID}) or {}
+        return LockHeldError(
+            f"migration {name!r} is driven by another process now ({_owner_text(held.get('owner'))}): "
+            "this one stopped writing",
+            remedy="let that process finish, or stop it before running this migration again",
+        )
 
     def heartbeat(self, name: str, owner: str) -> bool:
         res = self.locks.update_one(
-            {"_id": LOCK_ID, "holder": name}, {"$set": {"heartbeat_at": utcnow(), "owner": owner}}
+            {"_id": LOCK_ID, "holder": name, "owner": owner}, {"$set": {"heartbeat_at": utcnow()}}
         )
         return res.matched_count == 1
+
+    def disown_lock(self, name: str, owner: str) -> None:
+        """This process stops driving ``name`` but keeps the destination for it (a clean stop, not the end).
+
+        Another migration is still refused until the heartbeat is stale; this migration, run again, takes
+        it at once.
+        """
+        self.locks.update_one({"_id": LOCK_ID, "holder": name, "owner": owner}, {"$set": {"owner": None}})
 
     def release_lock(self, name: str) -> None:
         self.locks.update_one({"_id": LOCK_ID, "holder": name}, {"$set": {"holder": None, "owner": None}})
@@ -197,7 +259,13 @@ class MetadataStore:
 
     # -- checkpoint -------------------------------------------------------
     def save_checkpoint(self, cp: Checkpoint) -> None:
-        self.checkpoints.replace_one({"_id": cp.id}, cp.to_mongo(), upsert=True)
+        """Store the resume point; refused (LockHeldError) once another driver with a newer epoch wrote one."""
+        if self.fenced is not None and self.fenced[0] == cp.id:
+            cp = cp.model_copy(update={"fence": self.fenced[1]})
+        try:
+            self.checkpoints.replace_one(self._fenced(cp.id), cp.to_mongo(), upsert=True)
+        except DuplicateKeyError:
+            raise self._refused(cp.id) from None
 
     def load_checkpoint(self, name: str) -> Checkpoint | None:
         raw = self.checkpoints.find_one({"_id": name})
@@ -302,7 +370,12 @@ class MetadataStore:
 
 
 class LockHeartbeat:
-    """Keeps the destination lock fresh from a daemon thread while a migration runs."""
+    """Keeps the destination lock fresh from a daemon thread while a migration runs.
+
+    It also stops the migration when the lock can no longer be proven ours: taken by another process,
+    or not renewed for 3/4 of ``lease_s`` (the destination unreachable): past ``lease_s`` another
+    process may take the lock over, and by then this one must have stopped writing.
+    """
 
     def __init__(
         self,
@@ -310,10 +383,12 @@ class LockHeartbeat:
         name: str,
         owner: str,
         interval_s: float,
-        on_lost: Callable[[], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+        lease_s: float | None = None,
     ) -> None:
         self._store, self._name, self._owner, self._interval = store, name, owner, interval_s
         self._on_lost = on_lost
+        self._lease = lease_s if lease_s is not None else interval_s * 4
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lock-heartbeat-{name}", daemon=True)
 
@@ -330,18 +405,49 @@ class LockHeartbeat:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self._interval):
             try:
                 held = self._store.heartbeat(self._name, self._owner)
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next tick
                 log.warning("lock heartbeat failed: %s", type(exc).__name__)
+                if time.monotonic() - renewed > self._lease * 0.75 and not self._stop.is_set():
+                    self._lost(f"its destination lock could not be renewed for {time.monotonic() - renewed:.0f}s")
+                    return
                 continue
             if not held:
-                # Another migration took the lock after ours went stale: we must stop writing.
-                log.error("migration %s lost the destination lock", self._name)
-                if self._on_lost is not None:
-                    self._on_lost()
+                # Another process took the lock after ours went stale: we must stop writing.
+                self._lost("another process took its destination lock")
                 return
+            renewed = time.monotonic()
+
+    def _lost(self, why: str) -> None:
+        log.error("migration %s stops writing: %s", self._name, why)
+        if self._on_lost is not None:
+            self._on_lost(why)
+
+
+def _owner_text(owner: str | None) -> str:
+    """'pid 123 on host h' from an owner string (host:pid:random)."""
+    if not owner:
+        return "no process"
+    host, _, rest = owner.partition(":")
+    return f"pid {rest.partition(':')[0]} on host {host}"
+
+
+def _held_error(name: str, held: dict[str, Any], age: float, timeout_s: float) -> LockHeldError:
+    who = _owner_text(held.get("owner"))
+    beat = f"last heartbeat {age:.0f}s ago"
+    if held.get("holder") == name:
+        return LockHeldError(
+            f"migration {name!r} is already running: driven by {who} ({beat})",
+            remedy=f"let it finish or stop it; if that process is gone, run this command again: at once on its "
+            f"own host, elsewhere once its heartbeat is older than lock_timeout_seconds ({timeout_s:g}s)",
+        )
+    return LockHeldError(
+        f"destination is locked by migration {held.get('holder')!r}, driven by {who} ({beat})",
+        remedy="wait for it to finish, cancel it, or wait for its lock to expire",
+    )
 
 
 def _dump(v: Any) -> Any:

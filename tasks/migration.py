@@ -18,12 +18,13 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from tasks.clone import Cloner, CloneStats, balancer_start, balancer_stop, restore_indexes, retry_transient
+from tasks.clone import Cloner, CloneStats, balancer_start, balancer_stop, restore_indexes
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, LockHeldError, PhaseError, TerminalError
 from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
 from tasks.mongo import connect_side, describe_endpoint, latest_optime
 from tasks.progress import ProgressSink, null_sink
+from tasks.retry import retry_transient
 from tasks.state import ACTIVE, TERMINAL, Checkpoint, Decision, MigrationDoc, Phase, utcnow
 from tasks.sync import SyncRunner, fcv, open_start_point, ts_dict
 from tasks.timeline import Timeline
@@ -81,6 +82,10 @@ class Migration:
             self.runner.stop()
         if self._heartbeat is not None:
             self._heartbeat.stop()
+            try:
+                self.store.disown_lock(self.name, self.owner)
+            except PyMongoError as exc:  # the lock then expires with its heartbeat, or its process is gone
+                log.warning("could not hand back the destination lock: %s", type(exc).__name__)
         if self._own_clients:
             self.src.close()
             self.dst.close()
@@ -104,9 +109,10 @@ class Migration:
             archived = self.store.archive(self.name)
             log.info("archived ended migration %s as %s", self.name, archived)
             doc = None
-        self.store.acquire_lock(self.name, self.owner, self.cfg.tuning.lock_timeout_seconds)
+        timeout = self.cfg.tuning.lock_timeout_seconds
+        epoch = self.store.acquire_lock(self.name, self.owner, timeout)
         self._heartbeat = LockHeartbeat(
-            self.store, self.name, self.owner, self.cfg.tuning.lock_timeout_seconds / 4, on_lost=self._lock_lost
+            self.store, self.name, self.owner, timeout / 4, on_lost=self._lock_lost, lease_s=timeout
         )
         self._heartbeat.__enter__()
         if doc is None:
@@ -119,6 +125,7 @@ class Migration:
                     namespaces={"include": list(rules.include), "exclude": list(rules.exclude)},
                 )
             )
+        self.store.fence(self.name, epoch)  # from here on, a process that takes over refuses our writes
         if flow_run_id:
             doc = self.store.update(self.name, flow_run_id=flow_run_id)
         if doc.phase == Phase.FAILED:
@@ -144,12 +151,12 @@ class Migration:
             doc = self.store.set_phase(self.name, Phase.CLONING)
         return doc
 
-    def _lock_lost(self) -> None:
-        """Called from the heartbeat thread: another migration holds the destination now; stop writing."""
+    def _lock_lost(self, why: str) -> None:
+        """Called from the heartbeat thread: the lock is not provably ours any more; stop writing at once."""
         self.lock_lost = LockHeldError(
-            f"migration {self.name!r} lost the destination lock (its heartbeat went stale and another migration "
-            "took it): it stopped writing",
-            remedy="find out which migration holds the destination (livemigrate describe), cancel one of them",
+            f"migration {self.name!r} lost the destination lock ({why}): it stopped writing",
+            remedy="find out which process holds the destination (livemigrate describe); run the migration "
+            "again once it is the only one",
         )
         if self._cloner is not None:
             self._cloner.stop_event.set()
@@ -201,7 +208,7 @@ class Migration:
                 if outer is not None:
                     outer(state)
 
-            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=tick)
+            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=tick, on_failure=self.fail)
             self.runner.start()
         return self.runner
 
@@ -446,7 +453,7 @@ def describe(store: MetadataStore, name: str | None) -> dict[str, Any]:
         "phase": doc.phase.value,
         "source": doc.source,
         "destination": doc.destination,
-        "ready_to_cut_over": doc.ready and doc.phase == Phase.SYNCING,
+        "ready_to_cut_over": doc.lag.ready and doc.phase == Phase.SYNCING,
         "lag": doc.lag.model_dump(mode="json"),
         "clone": {
             "namespaces": clone,

@@ -93,7 +93,14 @@ def test_kill_9_during_sync_then_resume(
             proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     src_client[dbname]["c"].delete_many({"_id": {"$gte": 400}})
+    started = time.monotonic()
     proc = _spawn(cfg, "drain")
+    assert proc.stdout is not None
+    while "BEGUN" not in (line := proc.stdout.readline()):
+        assert line, proc.stderr.read() if proc.stderr else "migrator exited"
+    # The killed driver was a process of this host that is gone: its lock is taken at once, not after
+    # lock_timeout_seconds (60 s here).
+    assert time.monotonic() - started < 30
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert_same_data(src_client, dst_client, [dbname])
