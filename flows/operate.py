@@ -41,6 +41,8 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
     from flows.migrate import migrate_flow
 
     cfg = load_resolved(config)  # fail fast, with exit 2, on a broken file or link
+    with connect_side(cfg, "destination") as dst:  # a second driver is refused before Prefect starts
+        MetadataStore(dst).check_lock(cfg.name, None, cfg.tuning.lock_timeout_seconds)
     err.print(
         f"[bold]livemigrate[/]: starting the migrate flow for {config} (approve with `livemigrate cutover --config {config}`)"
     )

@@ -187,22 +187,13 @@ class MetadataStore:
         that lost the lock cannot overwrite what the new one writes.
         """
         for _ in range(5):
-            held = self.locks.find_one({"_id": LOCK_ID})
-            now = utcnow()
-            if held is not None and held.get("holder") and held.get("owner") != owner:
-                beat = held.get("heartbeat_at")
-                age = (now - beat.replace(tzinfo=dt.UTC)).total_seconds() if beat else None
-                dead = held.get("holder") == name and owner_is_dead(held.get("owner"))
-                if not dead and age is not None and age <= timeout_s:
-                    raise _held_error(name, held, age, timeout_s)
-                if dead:
-                    log.warning("taking over migration %s from %s: that process is gone", name, held.get("owner"))
+            held = self.check_lock(name, owner, timeout_s)
             expect = (
                 {"_id": LOCK_ID}
                 if held is None
                 else {"_id": LOCK_ID, "owner": held.get("owner"), "epoch": held.get("epoch")}
             )
-            sets = {"holder": name, "owner": owner, "heartbeat_at": now, "schema_version": SCHEMA_VERSION}
+            sets = {"holder": name, "owner": owner, "heartbeat_at": utcnow(), "schema_version": SCHEMA_VERSION}
             try:
                 raw = self.locks.find_one_and_update(
                     expect,
@@ -215,6 +206,24 @@ class MetadataStore:
             if raw is not None:
                 return int(raw["epoch"])
         raise LockHeldError(f"the destination lock for migration {name!r} kept changing hands: try again")
+
+    def check_lock(self, name: str, owner: str | None, timeout_s: float) -> dict[str, Any] | None:
+        """The lock as it stands if ``owner`` may take it for ``name`` (None: no lock yet); else LockHeldError.
+
+        Also what `livemigrate migrate` asks before it starts any orchestration, so a second driver is
+        refused in a second, not after Prefect has started.
+        """
+        held: dict[str, Any] | None = self.locks.find_one({"_id": LOCK_ID})
+        if held is None or not held.get("holder") or (owner is not None and held.get("owner") == owner):
+            return held
+        beat = held.get("heartbeat_at")
+        age = (utcnow() - beat.replace(tzinfo=dt.UTC)).total_seconds() if beat else None
+        dead = held.get("holder") == name and owner_is_dead(held.get("owner"))
+        if not dead and age is not None and age <= timeout_s:
+            raise _held_error(name, held, age, timeout_s)
+        if dead and owner is not None:
+            log.warning("taking over migration %s from %s: that process is gone", name, held.get("owner"))
+        return held
 
     def fence(self, name: str, epoch: int) -> None:
         """From now on this store writes migration ``name``'s state only while no newer epoch has (fencing)."""

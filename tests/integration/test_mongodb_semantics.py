@@ -22,8 +22,10 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 
+from tasks.apply import Applier
 from tasks.migration import Migration
 from tasks.mongo import USER_WRITE_FILTER, latest_optime
+from tasks.namespaces import NamespaceFilter
 from tests.conftest import Deployment, requires_secantus
 from tests.helpers import assert_same_data, fail_command, make_config, wait_until
 
@@ -240,3 +242,24 @@ def test_an_update_event_over_16_mb_arrives_split_and_is_joined(
     got = dst_client[dbname].get_collection("big", codec_options=raw).find_one({"_id": 1})
     assert got is not None and got["a"].startswith("y")
     assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_capped_and_collated_namespaces_are_applied_in_order(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    """Which namespaces keep every write in order is read from the destination's catalog, made from the source's."""
+    db = src_client[dbname]
+    db.create_collection("log", capped=True, size=1 << 16)
+    db.create_collection("names", collation={"locale": "en", "strength": 2})
+    db.create_collection("simple", collation={"locale": "simple"})
+    db["plain"].insert_one({"_id": 1})
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        m.clone()
+    applier = Applier(dst_client, NamespaceFilter.from_rules(cfg.namespaces), lanes=2)
+    try:
+        serial = {c: applier.is_serial(f"{dbname}.{c}") for c in ("log", "names", "simple", "plain", "absent")}
+    finally:
+        applier.close()
+    assert serial == {"log": True, "names": True, "simple": False, "plain": False, "absent": False}
