@@ -21,9 +21,9 @@ from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
-from tasks.catalog import index_for_sync
-from tasks.clone import build_indexes
+from tasks.catalog import comparable_options
 from tasks.concurrency import WriteGate
+from tasks.ddl import IndexChange, build_indexes, converge_options, index_for_sync
 from tasks.errors import DocumentRejectedError, NamespaceChangedError, TerminalError, TransientError, classify
 from tasks.idkey import id_key, same_bytes
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
@@ -115,8 +115,7 @@ class ApplyStats:
     deletes: int = 0
     ddl: int = 0
     skipped: int = 0
-    index_restores: list[dict[str, Any]] = field(default_factory=list)
-    index_drops: list[tuple[str, str]] = field(default_factory=list)
+    index_changes: list[IndexChange] = field(default_factory=list)  # for the book of restores, in order
 
 
 def event_ns(event: Any) -> tuple[str, str] | None:
@@ -310,24 +309,18 @@ class Applier:
         for ns in [n for n in self._serial if n == f"{db}.{coll}" or (not coll and n.startswith(f"{db}."))]:
             del self._serial[ns]  # capped or collation may differ from here on: read the catalog again
         if op == "create":
-            opts = {k: v for k, v in desc.items() if k not in ("idIndex",)}
-            try:
-                d.command({"create": coll, **opts})
-            except (OperationFailure, CollectionInvalid) as exc:
-                if getattr(exc, "code", None) != 48:
-                    err = classify(exc, f"{db}.{coll}")
-                    if err.transient:  # an election or a network error: the sync retries from its checkpoint
-                        raise err from None
-                    raise TerminalError(f"{db}.{coll}: cannot apply create on the destination: {exc}") from None
+            self._apply_create(db, coll, desc)
         elif op == "drop":
             d.drop_collection(coll)
+            stats.index_changes.append(IndexChange("drop_ns", f"{db}.{coll}"))
         elif op == "dropDatabase":
             for name in d.list_collection_names():
                 if self.nsfilter.matches(db, name):
                     d.drop_collection(name)
+            stats.index_changes.append(IndexChange("drop_db", db))
         elif op == "createIndexes":
             specs = self._source_index_specs(db, coll, list(desc.get("indexes", [])))
-            stats.index_restores.extend(build_indexes(self.dst, Namespace(db, coll), specs))
+            stats.index_changes.extend(build_indexes(self.dst, Namespace(db, coll), specs))
         elif op == "dropIndexes":
             for spec in desc.get("indexes", []):
                 try:
@@ -335,11 +328,24 @@ class Applier:
                 except OperationFailure as exc:
                     if exc.code not in (27, 26):  # IndexNotFound, NamespaceNotFound
                         raise
-                stats.index_drops.append((f"{db}.{coll}", spec["name"]))
+                stats.index_changes.append(IndexChange("drop", f"{db}.{coll}", spec["name"]))
         elif op == "modify":
             self._apply_coll_mod(db, coll, desc, stats)
         elif op == "invalidate":
             raise TerminalError("the change stream was invalidated", remedy="restart the migration")
+
+    def _apply_create(self, db: str, coll: str, desc: dict[str, Any]) -> None:
+        """Create the collection with the event's options; one that exists already converges to them."""
+        opts = comparable_options({k: v for k, v in desc.items() if k not in ("idIndex",)})
+        try:
+            self.dst[db].command({"create": coll, **opts})
+        except (OperationFailure, CollectionInvalid) as exc:
+            if getattr(exc, "code", None) != 48:
+                err = classify(exc, f"{db}.{coll}")
+                if err.transient:  # an election or a network error: the sync retries from its checkpoint
+                    raise err from None
+                raise TerminalError(f"{db}.{coll}: cannot apply create on the destination: {exc}") from None
+            converge_options(self.dst, Namespace(db, coll), opts)
 
     def _source_index_specs(self, db: str, coll: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The source's current spec of each new index: some servers' events omit options (unique, TTL).
@@ -352,17 +358,33 @@ class Applier:
         return [current[s["name"]] for s in specs if s.get("name") in current]
 
     def _apply_coll_mod(self, db: str, coll: str, desc: dict[str, Any], stats: ApplyStats) -> None:
+        """collMod on the destination, with the index rules of the migration.
+
+        An index change (named by ``name`` or, as users often run it and MongoDB's oplog records it, by
+        ``keyPattern``) keeps the destination's index non-unique and its TTL parked, and books what
+        cutover owes instead: the new expiry, or the uniqueness the source converted it to.
+        """
         cmd: dict[str, Any] = {"collMod": coll}
         for k, v in desc.items():
             if k == "index":
-                # The same rule as an index build: unique waits for cutover, TTL stays parked.
                 idx, restore = index_for_sync(dict(v))
                 idx.pop("prepareUnique", None)
-                if restore:
-                    stats.index_restores.append({"ns": f"{db}.{coll}", "name": idx.get("name"), **restore})
-                if len(idx) > 1:
+                name = idx.get("name") or self._index_name(db, coll, idx.get("keyPattern"))
+                if restore and name:
+                    stats.index_changes.append(IndexChange("modify", f"{db}.{coll}", str(name), restore))
+                if len(idx) > 1 + ("name" in idx and "keyPattern" in idx):
                     cmd["index"] = idx
             elif k not in ("uuid",):
                 cmd[k] = v
         if len(cmd) > 1:
             self.dst[db].command(cmd)
+
+    def _index_name(self, db: str, coll: str, key: Any) -> str | None:
+        """The name of the destination's index on ``key`` (the same spec as the source's, built from it)."""
+        if not key:
+            return None
+        want = list(dict(key).items())
+        for spec in self.dst[db][coll].list_indexes():
+            if list(dict(spec["key"]).items()) == want:
+                return str(spec["name"])
+        return None

@@ -18,10 +18,9 @@ from tasks.namespaces import Namespace, NamespaceFilter
 log = logging.getLogger(__name__)
 
 # Index spec fields that describe the server's bookkeeping, not the index.
-_INDEX_NOISE = frozenset({"v", "ns", "background", "ok"})
+INDEX_NOISE = frozenset({"v", "ns", "background", "ok"})
 # Collection options that are read-only identity, not settings.
 _OPTION_NOISE = frozenset({"uuid"})
-TTL_PARKED_SECONDS = 2147483647  # TTL held off during the migration (about 68 years)
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Unsupported:
 
 def comparable_index(spec: dict[str, Any]) -> dict[str, Any]:
     """An index spec without server bookkeeping, with key order kept (it matters)."""
-    out = {k: v for k, v in spec.items() if k not in _INDEX_NOISE}
+    out = {k: v for k, v in spec.items() if k not in INDEX_NOISE}
     if out.get("prepareUnique") is False:
         out.pop("prepareUnique")  # left behind by the collMod that restores uniqueness
     out["key"] = list(dict(spec["key"]).items())
@@ -106,24 +105,6 @@ def creation_options(spec: CollectionSpec) -> dict[str, Any]:
     opts = dict(spec.options)
     opts.pop("autoIndexId", None)
     return opts
-
-
-def index_for_sync(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The index to build during the migration, and what to restore at cutover (or None).
-
-    Unique indexes are built non-unique (a fuzzy copy and an out-of-order catch-up
-    can hold transient duplicates, as mongosync does); TTL indexes get a parked
-    expireAfterSeconds so the destination deletes nothing the source still has.
-    """
-    build = {k: v for k, v in spec.items() if k not in _INDEX_NOISE}
-    restore: dict[str, Any] = {}
-    if build.get("unique") and build.get("name") != "_id_":
-        build.pop("unique")
-        restore["unique"] = True
-    if "expireAfterSeconds" in build:
-        restore["expireAfterSeconds"] = build["expireAfterSeconds"]
-        build["expireAfterSeconds"] = TTL_PARKED_SECONDS
-    return build, (restore or None)
 
 
 def estimated_docs(client: MongoClient[Any], ns: Namespace) -> int:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
-from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from tasks import shutdown
-from tasks.catalog import CollectionSpec, Unsupported, creation_options, estimated_docs, index_for_sync, list_specs
+from tasks.catalog import CollectionSpec, Unsupported, estimated_docs, list_specs
 from tasks.concurrency import WriteGate
 from tasks.config import MigrationConfig
+from tasks.ddl import book_changes, build_indexes, create_collection, create_views
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError
 from tasks.metadata import MetadataStore
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
@@ -30,13 +30,13 @@ from tasks.namespaces import Namespace, NamespaceFilter
 from tasks.partition import IdRange, plan_ranges
 from tasks.progress import ProgressSink, null_sink
 from tasks.retry import retry_transient
+from tasks.sharding import shard_collection
 from tasks.state import Partition, utcnow
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BATCH_DOCS = 100_000  # the server's maxWriteBatchSize
-SIMPLE_COLLATION = {"locale": "simple"}
 LEASE_SECONDS = 60.0
 CAPPED_POSITION_LOST = 136
 
@@ -113,7 +113,7 @@ class Cloner:
             self.dst[n.db].drop_collection(n.coll)
             self.store.partitions.delete_many({"migration": self.name, "ns": ns})
         for spec in collections:
-            self._create_collection(spec)
+            create_collection(self.dst, spec)
         self._shard_destination(collections)
         for spec in collections:
             self._plan(spec)
@@ -122,18 +122,6 @@ class Cloner:
 
     def _exists_on_dest(self, ns: Namespace) -> bool:
         return bool(self.dst[ns.db].list_collection_names(filter={"name": ns.coll}))
-
-    def _create_collection(self, spec: CollectionSpec) -> None:
-        opts = creation_options(spec)
-        try:
-            self.dst[spec.ns.db].create_collection(spec.ns.coll, **opts)
-        except CollectionInvalid:
-            pass  # already there (resumed)
-        except OperationFailure as exc:
-            if exc.code != 48:  # NamespaceExists
-                raise TerminalError(
-                    f"cannot create {spec.ns} on the destination: {exc.details.get('errmsg') if exc.details else exc}"
-                ) from None
 
     def _shard_destination(self, specs: list[CollectionSpec]) -> None:
         """Replica set -> sharded: shard each configured collection before any data arrives."""
@@ -314,134 +302,25 @@ class Cloner:
 
     # -- after the copy -----------------------------------------------------
     def finish(self) -> list[dict[str, Any]]:
-        """Build indexes (unique and TTL held back, recorded for cutover) and create views."""
+        """Build indexes (unique and TTL held back, booked for cutover) and create views.
+
+        A collection the source created after ``prepare`` is created here from its source options
+        first: building its indexes would otherwise create it implicitly, without them (its ``create``
+        event comes later and finds it there).
+        """
         specs, _ = list_specs(self.src, self.nsfilter)
-        restores: list[dict[str, Any]] = []
+        prepared = set(self.store.load(self.name).clone_namespaces)
+        changes = []
         for spec in specs:
             if spec.is_view:
                 continue
-            restores.extend(build_indexes(self.dst, spec.ns, spec.indexes))
+            if spec.ns.full not in prepared:
+                create_collection(self.dst, spec)
+            changes.extend(build_indexes(self.dst, spec.ns, spec.indexes))
         create_views(self.dst, [s for s in specs if s.is_view])
-        current = {(r["ns"], r["name"]): r for r in self.store.load(self.name).index_restores}
-        for r in restores:
-            current[(r["ns"], r["name"])] = r
-        self.store.update(self.name, index_restores=list(current.values()), clone_finished_at=utcnow())
+        restores = book_changes(self.store.load(self.name).index_restores, changes)
+        self.store.update(self.name, index_restores=restores, clone_finished_at=utcnow())
         return restores
 
 
-def build_indexes(dst: MongoClient[Any], ns: Namespace, indexes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Create indexes on the destination in their sync-safe form; return the restores owed at cutover."""
-    restores: list[dict[str, Any]] = []
-    models = []
-    for spec in indexes:
-        if spec.get("name") == "_id_" or spec.get("clustered"):
-            continue
-        build, restore = index_for_sync(spec)
-        key = build.pop("key")
-        key_list = list(key.items()) if isinstance(key, Mapping) else [tuple(k) for k in key]
-        models.append({"key": dict(key_list), **build})
-        if restore:
-            restores.append({"ns": ns.full, "name": spec["name"], **restore})
-    if models:
-        try:
-            dst[ns.db].command({"createIndexes": ns.coll, "indexes": models})
-        except OperationFailure as exc:
-            # One at a time, so a single unsupported index is named and the rest still get built.
-            for m in models:
-                try:
-                    dst[ns.db].command({"createIndexes": ns.coll, "indexes": [m]})
-                except OperationFailure as one:
-                    if one.code in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: already there
-                        continue
-                    raise TerminalError(
-                        f"{ns}: cannot build index {m.get('name')!r} on the destination: {one.details.get('errmsg') if one.details else one}"
-                    ) from None
-            log.debug("batch index build fell back to one-by-one: %s", exc)
-    return restores
-
-
-def create_views(dst: MongoClient[Any], views: list[CollectionSpec]) -> None:
-    """Create views, retrying in rounds so a view on another view finds its source."""
-    pending = list(views)
-    for _ in range(len(pending) + 1):
-        if not pending:
-            return
-        left = []
-        for v in pending:
-            opts = creation_options(v)
-            try:
-                dst[v.ns.db].command({"create": v.ns.coll, **opts})
-            except OperationFailure as exc:
-                if exc.code == 48:  # exists
-                    continue
-                left.append(v)
-        if len(left) == len(pending):
-            break
-        pending = left
-    if pending:
-        raise TerminalError(f"cannot create views on the destination: {', '.join(v.ns.full for v in pending)}")
-
-
-def restore_indexes(dst: MongoClient[Any], restores: list[dict[str, Any]]) -> list[str]:
-    """At cutover: make unique indexes unique again and give TTL indexes their real expiry."""
-    done = []
-    for r in restores:
-        ns = Namespace.parse(r["ns"])
-        db = dst[ns.db]
-        if ns.coll not in db.list_collection_names(filter={"name": ns.coll}):
-            continue
-        names = {i["name"] for i in db[ns.coll].list_indexes()}
-        if r["name"] not in names:
-            continue
-        if "expireAfterSeconds" in r:
-            db.command(
-                {"collMod": ns.coll, "index": {"name": r["name"], "expireAfterSeconds": r["expireAfterSeconds"]}}
-            )
-        if r.get("unique"):
-            db.command({"collMod": ns.coll, "index": {"name": r["name"], "prepareUnique": True}})
-            try:
-                db.command({"collMod": ns.coll, "index": {"name": r["name"], "unique": True}})
-            except OperationFailure as exc:
-                raise TerminalError(
-                    f"{ns}: index {r['name']!r} cannot be made unique again: the destination holds duplicates ({exc.code})",
-                    remedy="the destination differs from the source; run `livemigrate verify` to see where",
-                ) from None
-        done.append(f"{ns}.{r['name']}")
-    return done
-
-
-def shard_collection(dst: MongoClient[Any], entries: list[Any], supporting_indexes: bool) -> None:
-    """shardCollection for each configured entry (mongosync's shardingEntries shape)."""
-    for e in entries:
-        ns = f"{e.database}.{e.collection}"
-        key = dict(e.shardCollection.key)
-        if supporting_indexes:
-            # Simple collation: an index inheriting the collection's default collation cannot back a shard key.
-            dst[e.database][e.collection].create_index(list(key.items()), collation=SIMPLE_COLLATION)
-        try:
-            dst.admin.command({"enableSharding": e.database})
-        except OperationFailure:
-            pass  # already enabled / implicit on newer servers
-        try:
-            # Required when the collection has a default collation (shard keys always compare binary).
-            dst.admin.command({"shardCollection": ns, "key": key, "collation": SIMPLE_COLLATION})
-        except OperationFailure as exc:
-            if "already sharded" not in str(exc):
-                raise TerminalError(
-                    f"{ns}: shardCollection failed on the destination: {exc.details.get('errmsg') if exc.details else exc}"
-                ) from None
-
-
-def balancer_stop(src: MongoClient[Any]) -> bool:
-    """Stop a sharded source's balancer; True when it was stopped by us."""
-    if src.admin.command("hello").get("msg") != "isdbgrid":
-        return False
-    src.admin.command({"balancerStop": 1})
-    return True
-
-
-def balancer_start(src: MongoClient[Any]) -> None:
-    src.admin.command({"balancerStart": 1})
-
-
-__all__ = ["Cloner", "balancer_start", "balancer_stop", "restore_indexes"]
+__all__ = ["CloneStats", "Cloner"]

@@ -135,9 +135,15 @@ class MetadataStore:
         return MigrationDoc.model_validate(raw)
 
     def push(self, name: str, field: str, value: Any) -> None:
-        res = self.migrations.update_one(
-            self._fenced(name), {"$push": {field: _dump(value)}, "$set": {"updated_at": utcnow()}}
-        )
+        self._modify(name, {"$push": {field: _dump(value)}})
+
+    def pull_index_restore(self, name: str, ns: str, index: str) -> None:
+        """Strike one restored index off the migration's book of restores owed at cutover."""
+        self._modify(name, {"$pull": {"index_restores": {"ns": ns, "name": index}}})
+
+    def _modify(self, name: str, update: dict[str, Any]) -> None:
+        """One fenced update of the migration record (updated_at set too)."""
+        res = self.migrations.update_one(self._fenced(name), {**update, "$set": {"updated_at": utcnow()}})
         if res.matched_count == 0 and self.fenced is not None and self.get(name) is not None:
             raise self._refused(name)
 

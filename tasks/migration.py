@@ -8,6 +8,7 @@ store before the next starts, so a crash at any point resumes from there.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -18,13 +19,15 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from tasks.clone import Cloner, CloneStats, balancer_start, balancer_stop, restore_indexes
+from tasks.clone import Cloner, CloneStats
 from tasks.config import MigrationConfig
+from tasks.ddl import Restore, restore_index
 from tasks.errors import LiveMigrateError, LockHeldError, PhaseError, TerminalError
 from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
 from tasks.mongo import connect_side, describe_endpoint, latest_optime
 from tasks.progress import ProgressSink, null_sink
 from tasks.retry import retry_transient
+from tasks.sharding import balancer_start, balancer_stop
 from tasks.state import ACTIVE, TERMINAL, Checkpoint, Decision, MigrationDoc, Phase, utcnow
 from tasks.sync import SyncRunner, fcv, open_start_point, ts_dict
 from tasks.timeline import Timeline
@@ -369,9 +372,9 @@ class Migration:
                     "final verification found differences between source and destination",
                     remedy="see the verification report; the migration is marked failed and nothing was finalized",
                 )
-            restore_indexes(self.dst, doc.index_restores)
+            self._restore_indexes(doc.index_restores)
             result.destination_ready_at = utcnow()
-            self.store.update(self.name, index_restores=[], destination_ready_at=result.destination_ready_at)
+            self.store.update(self.name, destination_ready_at=result.destination_ready_at)
             log.info("destination ready to accept writes")
             self._wind_down(doc, result.warnings)
             result.completed_at = utcnow()
@@ -384,6 +387,16 @@ class Migration:
             if isinstance(exc, LiveMigrateError):
                 self.fail(exc)
             raise
+
+    def _restore_indexes(self, restores: list[Restore]) -> None:
+        """Each owed index restored in turn, retried on transient errors, and struck off the book once done,
+        so a cutover that dies half-way resumes with the indexes it had not reached."""
+        tuning = self.cfg.tuning
+        for r in restores:
+            what = f"{r['ns']}: restore of index {r['name']!r}"
+            step = functools.partial(_restore_step, self.dst, r)
+            retry_transient(what, step, tuning.retry_attempts, tuning.retry_max_seconds)
+            self.store.pull_index_restore(self.name, r["ns"], r["name"])
 
     def _block_writes(self) -> bool:
         """setUserWriteBlockMode on the source where supported and permitted.
@@ -437,6 +450,10 @@ class Migration:
     # -- describe -----------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         return describe(self.store, self.name)
+
+
+def _restore_step(dst: MongoClient[Any], r: Restore, _attempt: int) -> bool:
+    return restore_index(dst, r)
 
 
 def describe(store: MetadataStore, name: str | None) -> dict[str, Any]:

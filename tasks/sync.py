@@ -45,6 +45,7 @@ from pymongo.synchronous.change_stream import ClusterChangeStream
 
 from tasks.apply import Applier
 from tasks.config import MigrationConfig
+from tasks.ddl import book_changes
 from tasks.errors import HistoryLostError, LiveMigrateError, TerminalError, TransientError, classify
 from tasks.metadata import MetadataStore
 from tasks.mongo import latest_optime
@@ -453,17 +454,13 @@ class SyncRunner:
             return None
 
     def _record_index_changes(self) -> None:
+        """Book the batch's index changes (in the order the source made them) before its checkpoint."""
         st = self.state.stats
-        if not st.index_restores and not st.index_drops:
+        if not st.index_changes:
             return
         doc = self.store.load(self.name)
-        current = {(r["ns"], r["name"]): r for r in doc.index_restores}
-        for r in st.index_restores:
-            current[(r["ns"], r["name"])] = {**current.get((r["ns"], r["name"]), {}), **r}
-        for key in st.index_drops:
-            current.pop(key, None)
-        self.store.update(self.name, index_restores=list(current.values()))
-        st.index_restores, st.index_drops = [], []
+        self.store.update(self.name, index_restores=book_changes(doc.index_restores, st.index_changes))
+        st.index_changes = []
 
     def _checkpoint(self, token: Any, applied_time: Timestamp | None, applied_events: int) -> None:
         if token is None:

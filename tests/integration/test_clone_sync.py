@@ -160,7 +160,7 @@ def test_options_indexes_views_capped(
     dst_idx = dst_client[dbname]["people"].index_information()
     assert "unique" not in dst_idx["email_1"]
     assert dst_idx["t_1"]["expireAfterSeconds"] == 2147483647
-    from tasks.clone import restore_indexes
+    from tasks.ddl import restore_indexes
 
     restore_indexes(dst_client, restores)
     src_idx = src_client[dbname]["people"].index_information()

@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from tasks.clone import Cloner, balancer_start, balancer_stop, shard_collection
+from tasks.clone import Cloner
 from tasks.config import MigrationConfig, config_from_dict
 from tasks.errors import ConfigError, TerminalError
 from tasks.metadata import MetadataStore, process_owner
 from tasks.migration import Migration
+from tasks.sharding import balancer_start, balancer_stop, shard_collection
 from tasks.state import MigrationDoc
 from tests.conftest import Deployment
 from tests.fake_mongod import UNAUTHORIZED, FakeMongod, FakeSpec, fake_mongod

@@ -19,8 +19,8 @@ from pymongo import MongoClient
 from checks.verify import verify
 from checks.verify_result import SCHEMA, VerifyResult
 from flows.verify import verify_cli
-from tasks.catalog import TTL_PARKED_SECONDS
 from tasks.config import NamespaceRules
+from tasks.ddl import TTL_PARKED_SECONDS
 from tasks.namespaces import NamespaceFilter
 from tests.conftest import Deployment
 

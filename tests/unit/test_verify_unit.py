@@ -16,7 +16,8 @@ from checks.verify_bson import HASH_MOD, canonical, digest, digest_int, format_h
 from checks.verify_catalog import compare_indexes, compare_options, pending_map
 from checks.verify_result import DATAFRAME_COLUMNS, SCHEMA, IdList, NamespaceResult, VerifyResult
 from checks.verify_scan import classify
-from tasks.catalog import TTL_PARKED_SECONDS, CollectionSpec, comparable_index
+from tasks.catalog import CollectionSpec, comparable_index
+from tasks.ddl import TTL_PARKED_SECONDS
 from tasks.namespaces import Namespace
 
 pytestmark = pytest.mark.unit

@@ -1,0 +1,163 @@
+"""The destination's catalog follows the source's through DDL: the book of index restores, collection options.
+
+Shapes (MongoDB 7.0/8.0, server source ``op_observer_util.cpp`` makeCollModCmdObj and
+``change_stream_event_transform.cpp``): a ``modify`` event names the index by ``name`` even when the user
+ran collMod by ``keyPattern`` (the oplog entry is normalised to the name); a ``create`` event carries the
+collection's options; ``dropIndexes``/``createIndexes`` events come in the order the source ran them.
+SecantusDB emits the same events (its createIndexes events omit options; the engine reads the source's spec).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from tasks.catalog import INDEX_NOISE
+from tasks.ddl import IndexChange, book_changes, converge_options
+from tasks.errors import TerminalError
+from tasks.migration import Migration
+from tasks.mongo import latest_optime
+from tasks.namespaces import Namespace
+from tests.conftest import Deployment, requires_secantus
+from tests.helpers import assert_same_data, fail_command, make_config
+
+pytestmark = pytest.mark.integration
+
+EQUAL = lambda doc: {"equal": True}  # noqa: E731 - the tests compare the catalogs themselves
+
+
+def raw_indexes(client: MongoClient[Any], db: str, coll: str) -> dict[str, dict[str, Any]]:
+    """listIndexes as the server answers it, without bookkeeping; SecantusDB keeps ``prepareUnique: false``
+    after a unique conversion where MongoDB removes the field (coll_mod_index.cpp), so that one is set aside."""
+    out = {}
+    for spec in client[db].command({"listIndexes": coll})["cursor"]["firstBatch"]:
+        d = {k: v for k, v in spec.items() if k not in INDEX_NOISE}
+        if d.get("prepareUnique") is False:
+            d.pop("prepareUnique")
+        out[spec["name"]] = d
+    return out
+
+
+def raw_options(client: MongoClient[Any], db: str) -> dict[str, dict[str, Any]]:
+    infos = client[db].command({"listCollections": 1})["cursor"]["firstBatch"]
+    return {i["name"]: {k: v for k, v in i.get("options", {}).items() if k != "uuid"} for i in infos}
+
+
+def test_index_changes_in_one_batch_are_booked_in_order_and_restored_exactly(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    db = src_client[dbname]
+    db["c"].insert_many([{"_id": i, "t": i, "e": i, "k": i % 3} for i in range(30)])
+    db["c"].create_index("t", expireAfterSeconds=100)
+    db["c"].create_index("e", unique=True)
+    db["gone"].insert_one({"_id": 1, "u": 1})
+    db["gone"].create_index("u", unique=True)
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        m.clone()
+        # One batch (nobody syncs meanwhile): the classic TTL change, a collMod by keyPattern, a unique
+        # index dropped and re-created non-unique, and a collection dropped and re-created without its
+        # unique index but with the same index name.
+        db["c"].drop_index("t_1")
+        db["c"].create_index("t", expireAfterSeconds=7)
+        db.command({"collMod": "c", "index": {"keyPattern": {"t": 1}, "expireAfterSeconds": 9}})
+        db["c"].drop_index("e_1")
+        db["c"].create_index("e")
+        db["c"].create_index("k", unique=False, name="k_1")
+        db.drop_collection("gone")
+        db["gone"].insert_many([{"_id": 1, "u": 1}, {"_id": 2, "u": 1}])  # duplicates: must stay possible
+        db["gone"].create_index("u", name="u_1")
+        target = latest_optime(src_client)
+        runner = m.start_sync()
+        assert runner.wait(lambda st: runner.applied_through(target), 60)
+        book = {(r["ns"].split(".", 1)[1], r["name"]): r for r in m.store.load(m.name).index_restores}
+        assert book == {("c", "t_1"): {"ns": f"{dbname}.c", "name": "t_1", "expireAfterSeconds": 9}}
+        assert runner.wait(lambda st: st.ready, 30)
+        result = m.cutover("oncall", "catalog", EQUAL)
+        assert result.phase.value == "complete"
+    for coll in ("c", "gone"):
+        assert raw_indexes(dst_client, dbname, coll) == raw_indexes(src_client, dbname, coll), coll
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+@requires_secantus("injects a fail point")
+def test_a_cutover_that_dies_while_restoring_indexes_resumes_with_the_rest(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    db = src_client[dbname]
+    db["c"].insert_many([{"_id": i, "a": i, "b": i, "c": i} for i in range(20)])
+    for f in ("a", "b", "c"):
+        db["c"].create_index(f, unique=True)
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    with Migration(cfg) as m:  # its own clients, named livemigrate: the fail point fails only them
+        m.begin()
+        m.clone()
+        assert m.wait_ready(30)
+        # Two collMods (prepareUnique, unique) restore the first index; the third fails for good.
+        with fail_command(dst_client, {"skip": 2}, failCommands=["collMod"], errorCode=2, appName="livemigrate"):
+            with pytest.raises(TerminalError):
+                m.cutover("oncall", "first try", EQUAL)
+        left = m.store.load(m.name).index_restores
+        assert len(left) == 2, left  # the restored one was struck off the book
+    with Migration(cfg) as m:
+        m.begin()
+        assert m.wait_ready(30)
+        assert m.cutover("oncall", "second try", EQUAL).phase.value == "complete"
+    assert raw_indexes(dst_client, dbname, "c") == raw_indexes(src_client, dbname, "c")
+
+
+def test_a_collection_created_during_the_clone_keeps_its_options(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    db = src_client[dbname]
+    db["first"].insert_many([{"_id": i} for i in range(10)])
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        cloner = m.cloner()
+        cloner.prepare()
+        # Created after the plan was made, with a validator and an index: the clone's index step must
+        # not create it implicitly without its validator.
+        db.create_collection("born", validator={"a": {"$type": "int"}}, validationAction="warn")
+        db["born"].insert_one({"_id": 1, "a": 1})
+        db["born"].create_index("a")
+        cloner.run()
+        cloner.finish()
+        m.store.set_phase(m.name, m.store.load(m.name).phase.SYNCING)
+        target = latest_optime(src_client)
+        runner = m.start_sync()
+        assert runner.wait(lambda st: runner.applied_through(target), 60)
+    assert raw_options(dst_client, dbname)["born"] == raw_options(src_client, dbname)["born"]
+    assert raw_indexes(dst_client, dbname, "born") == raw_indexes(src_client, dbname, "born")
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_an_existing_collection_converges_to_the_options_it_should_have(dst_client: MongoClient, dbname: str) -> None:
+    db = dst_client[dbname]
+    db.create_collection("v")
+    converge_options(
+        dst_client, Namespace(dbname, "v"), {"validator": {"a": {"$exists": True}}, "validationLevel": "moderate"}
+    )
+    opts = raw_options(dst_client, dbname)["v"]
+    assert opts["validator"] == {"a": {"$exists": True}} and opts["validationLevel"] == "moderate"
+    db.create_collection("plain")
+    with pytest.raises(TerminalError) as info:
+        converge_options(dst_client, Namespace(dbname, "plain"), {"capped": True, "size": 4096})
+    assert f"{dbname}.plain" in str(info.value) and "capped" in str(info.value)
+
+
+def test_the_book_of_restores_follows_the_changes_in_order() -> None:
+    start = [{"ns": "d.c", "name": "t_1", "expireAfterSeconds": 100}, {"ns": "d.x", "name": "u_1", "unique": True}]
+    changes = [
+        IndexChange("drop", "d.c", "t_1"),
+        IndexChange("set", "d.c", "t_1", {"expireAfterSeconds": 7}),  # dropped and re-created in one batch
+        IndexChange("modify", "d.c", "t_1", {"expireAfterSeconds": 9}),
+        IndexChange("set", "d.c", "e_1", {}),  # a plain index: owes nothing
+        IndexChange("set", "d2.y", "v_1", {"unique": True}),
+        IndexChange("drop_ns", "d.x"),
+        IndexChange("drop_db", "d2"),
+    ]
+    assert book_changes(start, changes) == [{"ns": "d.c", "name": "t_1", "expireAfterSeconds": 9}]
