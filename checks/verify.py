@@ -62,6 +62,7 @@ class _NsState:
     overflow: dict[str, int] = field(default_factory=dict)  # bucket totals beyond RECHECK_CAP
     index_diffs: list[dict[str, Any]] = field(default_factory=list)
     option_diffs: list[dict[str, Any]] = field(default_factory=list)
+    catalog_notes: list[str] = field(default_factory=list)
 
     @property
     def has_data(self) -> bool:
@@ -94,6 +95,7 @@ class _NsState:
             partitions=self.partitions,
             index_diffs=self.index_diffs,
             option_diffs=self.option_diffs,
+            notes=list(self.catalog_notes),
         )
         for bucket in DOC_BUCKETS:
             listed = [e for e in self.entries if e.bucket == bucket]
@@ -192,7 +194,7 @@ def _catalog(
     states: list[_NsState] = []
     for ns in sorted(by_src.keys() | by_dst.keys()):
         st = _NsState(ns, by_src.get(ns), by_dst.get(ns))
-        st.index_diffs, st.option_diffs = compare_namespace(ns, st.src_spec, st.dst_spec, pending)
+        st.index_diffs, st.option_diffs, st.catalog_notes = compare_namespace(ns, st.src_spec, st.dst_spec, pending)
         states.append(st)
     unsupported = {(u.ns, u.reason) for u in (*src_unsup, *dst_unsup)}
     return states, [{"ns": ns, "reason": reason} for ns, reason in sorted(unsupported)]
@@ -255,7 +257,8 @@ def _recheck(
             fresh = {st.ns: st for st in _catalog(source, dest, nsfilter, pending)[0]}
             for st in states:
                 if st.ns in fresh:
-                    st.index_diffs, st.option_diffs = fresh[st.ns].index_diffs, fresh[st.ns].option_diffs
+                    f = fresh[st.ns]
+                    st.index_diffs, st.option_diffs, st.catalog_notes = f.index_diffs, f.option_diffs, f.catalog_notes
         for st in states:
             if st.verifier is None or not st.entries or st.overflow:
                 continue

@@ -44,10 +44,24 @@ def as_restored(ns: str, spec: dict[str, Any], pending: PendingRestores) -> dict
     return out
 
 
+PREPARE_UNIQUE_NOTE = (
+    "index {name!r}: prepareUnique: false on the destination only, left by the collMod that made it unique "
+    "again at cutover (this server keeps the field; MongoDB 7.0+ removes it, coll_mod_index.cpp)"
+)
+
+
 def compare_indexes(
-    ns: str, src: list[dict[str, Any]], dst: list[dict[str, Any]], pending: PendingRestores
+    ns: str,
+    src: list[dict[str, Any]],
+    dst: list[dict[str, Any]],
+    pending: PendingRestores,
+    notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Index differences by name: missing or extra on the destination, or a different spec."""
+    """Index differences by name: missing or extra on the destination, or a different spec.
+
+    One difference is named rather than counted, in ``notes``: a ``prepareUnique: false`` that only the
+    destination shows (docs/verify.md, "Notes").  It is never dropped silently.
+    """
     by_src = {str(i.get("name")): i for i in src}
     by_dst = {str(i.get("name")): as_restored(ns, i, pending) for i in dst}
     out: list[dict[str, Any]] = []
@@ -57,6 +71,11 @@ def compare_indexes(
             continue
         problem = "missing" if d is None else "extra" if s is None else "different"
         fields = sorted(k for k in (s or {}).keys() | (d or {}).keys() if (s or {}).get(k) != (d or {}).get(k))
+        if problem == "different" and fields == ["prepareUnique"] and (s or {}).get("prepareUnique") is None:
+            if (d or {}).get("prepareUnique") is False and (d or {}).get("unique"):
+                if notes is not None:
+                    notes.append(PREPARE_UNIQUE_NOTE.format(name=name))
+                continue
         out.append(
             {
                 "name": name,
@@ -105,8 +124,9 @@ def compare_options(src: CollectionSpec | None, dst: CollectionSpec | None) -> l
 
 def compare_namespace(
     ns: str, src: CollectionSpec | None, dst: CollectionSpec | None, pending: PendingRestores
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(index differences, option differences) for one namespace; views have options only."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(index differences, option differences, notes) for one namespace; views have options only."""
     options = compare_options(src, dst)
-    indexes = compare_indexes(ns, src.indexes if src else [], dst.indexes if dst else [], pending)
-    return indexes, options
+    notes: list[str] = []
+    indexes = compare_indexes(ns, src.indexes if src else [], dst.indexes if dst else [], pending, notes)
+    return indexes, options, notes

@@ -18,19 +18,21 @@ from typing import Any
 
 from bson import decode
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, MongoClient, ReplaceOne
+from bson.timestamp import Timestamp
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
-from tasks.catalog import comparable_options
+from tasks.catalog import collection_spec, comparable_options
 from tasks.concurrency import WriteGate
-from tasks.ddl import IndexChange, build_indexes, converge_options, index_for_sync
-from tasks.errors import DocumentRejectedError, NamespaceChangedError, TerminalError, TransientError, classify
+from tasks.ddl import IndexChange, build_indexes, converge_options, create_collection, create_views, index_for_sync
+from tasks.errors import DocumentRejectedError, TerminalError, TransientError, classify
 from tasks.idkey import id_key, same_bytes
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
 from tasks.namespaces import Namespace, NamespaceFilter
 
 log = logging.getLogger(__name__)
 
+COPY_BATCH_BYTES = 8 * 1024 * 1024  # a collection copied afresh after a rename goes in inserts of this size
 DATA_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 DDL_EVENTS = frozenset(
     {"create", "createIndexes", "dropIndexes", "drop", "dropDatabase", "modify", "rename", "invalidate"}
@@ -139,9 +141,15 @@ class Applier:
     """Applies batches of change events to the destination."""
 
     def __init__(
-        self, dest: MongoClient[Any], nsfilter: NamespaceFilter, lanes: int = 4, source: MongoClient[Any] | None = None
+        self,
+        dest: MongoClient[Any],
+        nsfilter: NamespaceFilter,
+        lanes: int = 4,
+        source: MongoClient[Any] | None = None,
+        copied_through: Timestamp | None = None,
     ) -> None:
         self.dst = dest
+        self.copied_through = copied_through  # the source's time by which every copy had ended (renames)
         self.src = source
         self.nsfilter = nsfilter
         self.lanes = max(1, lanes)
@@ -178,7 +186,9 @@ class Applier:
             if op in IGNORED_EVENTS:
                 continue
             if op == "rename":
-                self._check_rename(ev)
+                self.flush(pending, stats)
+                pending = WriteSet()
+                self.apply_rename(ev, stats)
                 continue
             if op in DDL_EVENTS:
                 if not self.in_scope(ev):
@@ -277,7 +287,8 @@ class Applier:
             return
         first = real[0]
         op = ops[first.get("index", 0)]
-        bad_id = op._filter.get("_id") if hasattr(op, "_filter") else "?"
+        target = getattr(op, "_filter", None) or getattr(op, "_doc", None) or {}
+        bad_id = target.get("_id", "?")
         raise DocumentRejectedError(
             f"{ns}: the destination rejected the write for _id {bad_id!r}: {str(first.get('errmsg', ''))[:200]}",
             remedy="fix the document on the source or the destination's constraint, then resume",
@@ -286,16 +297,78 @@ class Applier:
         )
 
     # -- DDL ----------------------------------------------------------------
-    def _check_rename(self, ev: Any) -> None:
+    def apply_rename(self, ev: Any, stats: ApplyStats) -> None:
+        """A rename (also how ``$out`` and mapReduce replace their target) as mongosync follows it.
+
+        Shape (MongoDB 7.0/8.0 change events, ``rename``): ``ns`` is the old name, ``to`` (top level and in
+        ``operationDescription``) the new one; ``dropTarget`` is there when a collection of that name was
+        replaced, which gets no drop event of its own.
+
+        - Into the namespace filter from inside it, after every copy had ended (``copied_through``): the
+          destination's collection is complete, so it is renamed there too (dropTarget).
+        - Into the filter from outside it (a ``tmp.agg_out.*`` collection of ``$out`` under a narrow filter),
+          or while the copy of the old name may have missed documents: the new name is copied afresh from
+          the source; the events after the rename then converge it, as they converge the initial copy.
+        - Out of the filter: the old name is dropped on the destination.  Neither in it: ignored.
+        """
+        if isinstance(ev, RawBSONDocument):
+            ev = decode(ev.raw)
         db, coll = event_ns(ev) or ("", "")
         to = ev.get("to") or (ev.get("operationDescription") or {}).get("to") or {}
-        touched = [f"{db}.{coll}"] if self.nsfilter.matches(db, coll) else []
-        if to and self.nsfilter.matches(to.get("db", ""), to.get("coll", "")):
-            touched.append(f"{to.get('db')}.{to.get('coll')}")
-        if touched:
-            raise NamespaceChangedError(
-                f"namespace {touched[-1]} was renamed (or replaced by $out) on the source during the migration"
-            )
+        old, new = Namespace(db, coll), Namespace(str(to.get("db", "")), str(to.get("coll", "")))
+        old_in, new_in = self.nsfilter.matches_ns(old), bool(new.coll) and self.nsfilter.matches_ns(new)
+        if not old_in and not new_in:
+            stats.skipped += 1
+            return
+        stats.ddl += 1
+        log.info("DDL rename %s -> %s", old, new)
+        for ns in (old.full, new.full):
+            self._serial.pop(ns, None)
+        when = ev.get("clusterTime")
+        if old_in and new_in and self.copied_through is not None and when is not None and when > self.copied_through:
+            try:
+                self.dst.admin.command({"renameCollection": old.full, "to": new.full, "dropTarget": True})
+                stats.index_changes.append(IndexChange("rename", old.full, fields={"to": new.full}))
+                return
+            except OperationFailure as exc:
+                if exc.code != 26:  # NamespaceNotFound: not there to rename; copied afresh below
+                    raise
+        if old_in:
+            self.dst[old.db].drop_collection(old.coll)
+            stats.index_changes.append(IndexChange("drop_ns", old.full))
+        if new_in:
+            self._copy_anew(new, stats)
+
+    def _copy_anew(self, ns: Namespace, stats: ApplyStats) -> None:
+        """Replace the destination's ``ns`` with a copy of the source's as it is now: options, documents
+        (raw BSON), indexes in their sync-safe form.  Gone from the source again: only dropped here."""
+        if self.src is None:
+            raise TerminalError(f"{ns}: renamed into the migration's namespaces, and no source to copy it from")
+        self.dst[ns.db].drop_collection(ns.coll)
+        stats.index_changes.append(IndexChange("drop_ns", ns.full))
+        spec = collection_spec(self.src, ns)
+        if spec is None:
+            return
+        if spec.is_view:
+            create_views(self.dst, [spec])
+            return
+        create_collection(self.dst, spec)
+        src_coll = self.src[ns.db].get_collection(ns.coll, codec_options=RAW)
+        dst_coll = self.dst[ns.db].get_collection(ns.coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
+        batch: list[RawBSONDocument] = []
+        size = 0
+        for doc in src_coll.find({}, batch_size=2000).sort("$natural", 1):
+            batch.append(doc)
+            size += len(doc.raw)
+            if size >= COPY_BATCH_BYTES:
+                self._bulk(dst_coll, ns.full, [InsertOne(d) for d in batch], ordered=True)
+                stats.upserts += len(batch)
+                batch, size = [], 0
+        if batch:
+            self._bulk(dst_coll, ns.full, [InsertOne(d) for d in batch], ordered=True)
+            stats.upserts += len(batch)
+        stats.index_changes.extend(build_indexes(self.dst, ns, spec.indexes))
+        log.info("%s copied afresh from the source after a rename into the migration's namespaces", ns)
 
     def apply_ddl(self, ev: Any, stats: ApplyStats) -> None:
         if isinstance(ev, RawBSONDocument):
@@ -336,7 +409,8 @@ class Applier:
 
     def _apply_create(self, db: str, coll: str, desc: dict[str, Any]) -> None:
         """Create the collection with the event's options; one that exists already converges to them."""
-        opts = comparable_options({k: v for k, v in desc.items() if k not in ("idIndex",)})
+        # `temp` marks $out's staging collection (create event of MongoDB 7.0/8.0); it is renamed away later.
+        opts = comparable_options({k: v for k, v in desc.items() if k not in ("idIndex", "temp")})
         try:
             self.dst[db].command({"create": coll, **opts})
         except (OperationFailure, CollectionInvalid) as exc:
@@ -350,12 +424,13 @@ class Applier:
     def _source_index_specs(self, db: str, coll: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The source's current spec of each new index: some servers' events omit options (unique, TTL).
 
-        An index already dropped again on the source is skipped: its dropIndexes event follows.
+        An index the source no longer has (dropped again, or its collection renamed, as ``$out`` does
+        with its staging collection) is built as the event describes it; what follows converges it.
         """
         if self.src is None:
             return specs
         current = {i["name"]: dict(i) for i in self.src[db][coll].list_indexes()}
-        return [current[s["name"]] for s in specs if s.get("name") in current]
+        return [current.get(str(s.get("name")), s) for s in specs]
 
     def _apply_coll_mod(self, db: str, coll: str, desc: dict[str, Any], stats: ApplyStats) -> None:
         """collMod on the destination, with the index rules of the migration.

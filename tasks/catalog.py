@@ -49,8 +49,6 @@ class Unsupported:
 def comparable_index(spec: dict[str, Any]) -> dict[str, Any]:
     """An index spec without server bookkeeping, with key order kept (it matters)."""
     out = {k: v for k, v in spec.items() if k not in INDEX_NOISE}
-    if out.get("prepareUnique") is False:
-        out.pop("prepareUnique")  # left behind by the collMod that restores uniqueness
     out["key"] = list(dict(spec["key"]).items())
     return out
 
@@ -87,6 +85,19 @@ def list_specs(
             specs.append(spec)
     specs.sort(key=lambda s: (s.is_view, s.ns.db, s.ns.coll))
     return specs, unsupported
+
+
+def collection_spec(client: MongoClient[Any], ns: Namespace) -> CollectionSpec | None:
+    """One namespace's spec as :func:`list_specs` builds it, or None when it does not exist."""
+    info = next(iter(client[ns.db].list_collections(filter={"name": ns.coll})), None)
+    if info is None:
+        return None
+    options = comparable_options(dict(info.get("options", {})))
+    kind = info.get("type", "collection")
+    spec = CollectionSpec(ns, "view" if kind == "view" else kind, options)
+    if not spec.is_view:
+        spec.indexes = [comparable_index(dict(i)) for i in client[ns.db][ns.coll].list_indexes()]
+    return spec
 
 
 def unsupported_reason(kind: str, options: dict[str, Any]) -> str | None:

@@ -25,7 +25,7 @@ from tasks.config import MigrationConfig
 from tasks.ddl import book_changes, build_indexes, create_collection, create_views
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError
 from tasks.metadata import MetadataStore
-from tasks.mongo import DATA_WRITE_CONCERN, RAW
+from tasks.mongo import DATA_WRITE_CONCERN, RAW, latest_optime
 from tasks.namespaces import Namespace, NamespaceFilter
 from tasks.partition import IdRange, plan_ranges
 from tasks.progress import ProgressSink, null_sink
@@ -308,6 +308,9 @@ class Cloner:
         first: building its indexes would otherwise create it implicitly, without them (its ``create``
         event comes later and finds it there).
         """
+        # Every partition is copied by now: a rename the source makes after this time finds the
+        # destination's collection complete (the sync renames it there instead of copying it again).
+        copied_through = latest_optime(self.src)
         specs, _ = list_specs(self.src, self.nsfilter)
         prepared = set(self.store.load(self.name).clone_namespaces)
         changes = []
@@ -319,7 +322,12 @@ class Cloner:
             changes.extend(build_indexes(self.dst, spec.ns, spec.indexes))
         create_views(self.dst, [s for s in specs if s.is_view])
         restores = book_changes(self.store.load(self.name).index_restores, changes)
-        self.store.update(self.name, index_restores=restores, clone_finished_at=utcnow())
+        self.store.update(
+            self.name,
+            index_restores=restores,
+            clone_finished_at=utcnow(),
+            copied_through={"t": copied_through.time, "i": copied_through.inc},
+        )
         return restores
 
 

@@ -66,6 +66,7 @@ class IndexChange:
     ``set``: the index was (re)built; ``fields`` is all it owes now (empty: nothing).  ``modify``: a
     collMod changed what it owes (merged in).  ``drop``: the index is gone.  ``drop_ns`` / ``drop_db``:
     every index of a collection / database is gone (``ns`` is then the collection or the database).
+    ``rename``: the collection ``ns`` is now ``fields["to"]``, whose former indexes are gone.
     """
 
     kind: str
@@ -90,6 +91,10 @@ def book_changes(restores: Iterable[Restore], changes: Iterable[IndexChange]) ->
             book.pop(key, None)
         elif c.kind == "drop_ns":
             book = {k: v for k, v in book.items() if k[0] != c.ns}
+        elif c.kind == "rename":
+            to = str(c.fields["to"])
+            moved = {(to, k[1]): {**v, "ns": to} for k, v in book.items() if k[0] == c.ns}
+            book = {k: v for k, v in book.items() if k[0] not in (c.ns, to)} | moved
         elif c.kind == "drop_db":
             book = {k: v for k, v in book.items() if not k[0].startswith(f"{c.ns}.")}
         else:  # pragma: no cover - the kinds above are all there are

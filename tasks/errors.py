@@ -62,12 +62,6 @@ class HistoryLostError(TerminalError):
     remedy = "change stream history lost: restart the migration from the beginning"
 
 
-class NamespaceChangedError(TerminalError):
-    """A rename or $out touched an in-scope namespace during the live migration."""
-
-    remedy = "namespace changes are not allowed during a live migration: restart the migration"
-
-
 class FCVChangedError(TerminalError):
     """featureCompatibilityVersion changed on one side during the migration."""
 

@@ -223,7 +223,8 @@ class SyncRunner:
         st = self.state
         self._budget.succeeded()
         st.failures = 0
-        applier = Applier(self.dst, self.nsfilter, self.cfg.tuning.sync_lanes, source=self.src)
+        copied = ts_from(self.store.load(self.name).copied_through)
+        applier = Applier(self.dst, self.nsfilter, self.cfg.tuning.sync_lanes, source=self.src, copied_through=copied)
         try:
             while not self.stop_event.is_set():
                 try:

@@ -9,22 +9,29 @@ SecantusDB emits the same events (its createIndexes events omit options; the eng
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
+from bson import Timestamp, encode
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
 
+from tasks.apply import Applier, ApplyStats
 from tasks.catalog import INDEX_NOISE
-from tasks.ddl import IndexChange, book_changes, converge_options
+from tasks.config import NamespaceRules
+from tasks.ddl import IndexChange, book_changes, converge_options, restore_indexes
 from tasks.errors import TerminalError
 from tasks.migration import Migration
 from tasks.mongo import latest_optime
-from tasks.namespaces import Namespace
+from tasks.namespaces import Namespace, NamespaceFilter
 from tests.conftest import Deployment, requires_secantus
 from tests.helpers import assert_same_data, fail_command, make_config
 
 pytestmark = pytest.mark.integration
 
+RAWC = CodecOptions(document_class=RawBSONDocument)
 EQUAL = lambda doc: {"equal": True}  # noqa: E731 - the tests compare the catalogs themselves
 
 
@@ -161,3 +168,141 @@ def test_the_book_of_restores_follows_the_changes_in_order() -> None:
         IndexChange("drop_db", "d2"),
     ]
     assert book_changes(start, changes) == [{"ns": "d.c", "name": "t_1", "expireAfterSeconds": 9}]
+
+
+@pytest.mark.parametrize(
+    ("to_db_suffix", "to_coll", "in_scope"),
+    [("", "b", True), ("_other", "b", True), ("", "outside", False)],
+    ids=["same-db", "across-dbs", "out-of-scope"],
+)
+def test_a_rename_during_the_sync_is_followed(
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    to_db_suffix: str,
+    to_coll: str,
+    in_scope: bool,
+) -> None:
+    src = src_client[dbname]
+    src["a"].insert_many([{"_id": i, "e": f"u{i}"} for i in range(50)])
+    src["a"].create_index("e", unique=True)
+    src["b"].insert_one({"_id": "replaced by the rename"})
+    cfg = make_config(
+        pair[0].uri,
+        pair[1].uri,
+        dbname,
+        namespaces={"include": [f"{dbname}.*", f"{dbname}_*.*"], "exclude": [f"{dbname}.outside"]},
+    )
+    to_db = f"{dbname}{to_db_suffix}"
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        m.clone()
+        runner = m.start_sync()
+        assert runner.wait(lambda st: st.ready, 30)
+        src_client.admin.command({"renameCollection": f"{dbname}.a", "to": f"{to_db}.{to_coll}", "dropTarget": True})
+        src_client[to_db][to_coll].insert_one({"_id": 1000, "e": "after the rename"})
+        assert runner.wait(lambda st: st.ready, 30)
+        assert m.cutover("oncall", "rename", EQUAL).phase.value == "complete"
+    names = set(dst_client[to_db].list_collection_names())
+    assert "a" not in set(dst_client[dbname].list_collection_names())
+    assert (to_coll in names) is in_scope
+    if in_scope:
+        assert raw_indexes(dst_client, to_db, to_coll) == raw_indexes(src_client, to_db, to_coll)
+    else:
+        src_client[to_db].drop_collection(to_coll)  # excluded: the comparison below is of what is in scope
+    assert_same_data(src_client, dst_client, [dbname, f"{dbname}_other"] if to_db_suffix else [dbname])
+
+
+def test_a_rename_while_the_collection_is_being_copied_copies_it_afresh(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    src = src_client[dbname]
+    src["a"].insert_many([{"_id": i, "p": "x" * 50} for i in range(500)])
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        cloner = m.cloner()
+        cloner.prepare()
+        src["a"].rename("b")  # after the plan, before the copy: the copy of `a` finds nothing
+        cloner.run()
+        cloner.finish()
+        m.store.set_phase(m.name, m.store.load(m.name).phase.SYNCING)
+        target = latest_optime(src_client)
+        runner = m.start_sync()
+        assert runner.wait(lambda st: runner.applied_through(target), 60)
+    assert dst_client[dbname]["b"].count_documents({}) == 500
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+def _event(op: str, db: str, coll: str, when: Timestamp, **fields: Any) -> RawBSONDocument:
+    return RawBSONDocument(
+        encode(
+            {
+                "_id": {"_data": f"82{when.time:08X}{when.inc:08X}"},
+                "operationType": op,
+                "clusterTime": when,
+                "ns": {"db": db, "coll": coll},
+                **fields,
+            }
+        ),
+        codec_options=RAWC,
+    )
+
+
+@pytest.mark.parametrize("narrow", [False, True], ids=["staging-in-scope", "staging-out-of-scope"])
+def test_out_replaces_its_target_as_mongodb_writes_it(
+    src_client: MongoClient, dst_client: MongoClient, dbname: str, narrow: bool
+) -> None:
+    """``$out`` on a replica set (MongoDB 7.0/8.0, document_source_out.cpp; change events ``create``,
+    ``createIndexes``, ``insert``, ``rename``): a staging ``tmp.agg_out.<uuid>`` collection created with
+    ``temp: true`` and the target's indexes, filled, then renamed over the target with ``dropTarget``.
+    SecantusDB's own $out drops and refills the target instead, so the events are recorded ones."""
+    tmp = "tmp.agg_out.0d3e1f0a-6c55-4b7e-9d0b-6ac1b1d1e5a7"
+    # The source after the $out: the target holds the new documents and kept its indexes.
+    src_client[dbname]["report"].insert_many([{"_id": i, "k": f"k{i}"} for i in range(5)])
+    src_client[dbname]["report"].create_index("k", unique=True)
+    dst_client[dbname]["report"].insert_many([{"_id": "stale", "k": "old"}])  # the target before the $out
+    t = Timestamp(int(time.time()), 1)
+    key = {"v": 2, "key": {"k": 1}, "name": "k_1", "unique": True}
+    events = [
+        _event(
+            "create",
+            dbname,
+            tmp,
+            t,
+            operationDescription={"idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}, "temp": True},
+        ),
+        _event("createIndexes", dbname, tmp, t, operationDescription={"indexes": [key]}),
+        *[
+            _event("insert", dbname, tmp, t, documentKey={"_id": i}, fullDocument={"_id": i, "k": f"k{i}"})
+            for i in range(5)
+        ],
+        _event(
+            "rename",
+            dbname,
+            tmp,
+            t,
+            to={"db": dbname, "coll": "report"},
+            operationDescription={"to": {"db": dbname, "coll": "report"}, "dropTarget": b"\x01" * 16},
+        ),
+    ]
+    rules = [f"{dbname}.report"] if narrow else [f"{dbname}.*"]
+    applier = Applier(
+        dst_client,
+        NamespaceFilter.from_rules(NamespaceRules(include=rules)),
+        lanes=2,
+        source=src_client,
+        copied_through=Timestamp(t.time - 10, 1),
+    )
+    stats = ApplyStats()
+    try:
+        applier.apply(events, stats)
+    finally:
+        applier.close()
+    assert tmp not in dst_client[dbname].list_collection_names()
+    book = book_changes([], stats.index_changes)
+    assert book == [{"ns": f"{dbname}.report", "name": "k_1", "unique": True}]
+    restore_indexes(dst_client, book)
+    assert raw_indexes(dst_client, dbname, "report") == raw_indexes(src_client, dbname, "report")
+    assert_same_data(src_client, dst_client, [dbname])

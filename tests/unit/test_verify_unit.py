@@ -257,3 +257,17 @@ def test_gx_report_pass_and_fail(tmp_path: Path) -> None:
     }
     html = "".join(p.read_text(errors="ignore") for p in (tmp_path / "bad" / "data_docs").rglob("*.html"))
     assert re.search("livemigrate_verify", html)
+
+
+def test_prepare_unique_left_by_the_restore_is_a_named_note_not_a_silent_match() -> None:
+    src = [comparable_index({"v": 2, "key": SON([("e", 1)]), "name": "e_1", "unique": True})]
+    dst = [comparable_index({"v": 2, "key": SON([("e", 1)]), "name": "e_1", "unique": True, "prepareUnique": False})]
+    notes: list[str] = []
+    assert compare_indexes("db.c", src, dst, {}, notes) == []
+    assert len(notes) == 1 and "e_1" in notes[0] and "prepareUnique" in notes[0]
+    # Anything else about prepareUnique is a difference: true on one side, or on an index that is not unique.
+    dst_true = [{**dst[0], "prepareUnique": True}]
+    assert [d["fields"] for d in compare_indexes("db.c", src, dst_true, {}, notes)] == [["prepareUnique"]]
+    plain = [comparable_index({"v": 2, "key": SON([("e", 1)]), "name": "e_1", "prepareUnique": False})]
+    src_plain = [comparable_index({"v": 2, "key": SON([("e", 1)]), "name": "e_1"})]
+    assert len(compare_indexes("db.c", src_plain, plain, {}, notes)) == 1
