@@ -11,10 +11,12 @@ verification during the sync does not flag what cutover will fix.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from checks.verify_bson import jsonable
 from tasks.catalog import CollectionSpec
+from tasks.ddl import COLLECTION_TTL
 
 PendingRestores = dict[tuple[str, str], dict[str, Any]]
 NAMESPACE = "(namespace)"
@@ -125,7 +127,14 @@ def compare_options(src: CollectionSpec | None, dst: CollectionSpec | None) -> l
 def compare_namespace(
     ns: str, src: CollectionSpec | None, dst: CollectionSpec | None, pending: PendingRestores
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """(index differences, option differences, notes) for one namespace; views have options only."""
+    """(index differences, option differences, notes) for one namespace; views have options only.
+
+    A clustered collection's own TTL parked for the sync (``COLLECTION_TTL`` in the book) is compared as if
+    it were already restored, as parked index TTLs are.
+    """
+    owed = pending.get((ns, COLLECTION_TTL))
+    if dst is not None and owed and "expireAfterSeconds" in owed:
+        dst = replace(dst, options={**dst.options, "expireAfterSeconds": owed["expireAfterSeconds"]})
     options = compare_options(src, dst)
     notes: list[str] = []
     indexes = compare_indexes(ns, src.indexes if src else [], dst.indexes if dst else [], pending, notes)

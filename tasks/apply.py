@@ -24,7 +24,15 @@ from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
 from tasks.catalog import collection_spec, comparable_options
 from tasks.concurrency import WriteGate
-from tasks.ddl import IndexChange, build_indexes, converge_options, create_collection, create_views, index_for_sync
+from tasks.ddl import (
+    IndexChange,
+    build_indexes,
+    converge_options,
+    create_collection,
+    create_views,
+    index_for_sync,
+    park_collection_ttl,
+)
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError, classify
 from tasks.idkey import id_key, same_bytes
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
@@ -32,6 +40,7 @@ from tasks.namespaces import Namespace, NamespaceFilter
 
 log = logging.getLogger(__name__)
 
+QE_STATE_PREFIX = "enxcol_."  # Queryable Encryption's state collections (enxcol_.<coll>.esc/.ecoc), server-managed
 COPY_BATCH_BYTES = 8 * 1024 * 1024  # a collection copied afresh after a rename goes in inserts of this size
 DATA_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 DDL_EVENTS = frozenset(
@@ -147,14 +156,17 @@ class Applier:
         lanes: int = 4,
         source: MongoClient[Any] | None = None,
         copied_through: Timestamp | None = None,
+        excluded: frozenset[str] = frozenset(),
     ) -> None:
         self.dst = dest
         self.copied_through = copied_through  # the source's time by which every copy had ended (renames)
+        self.excluded = excluded  # namespaces the clone reported unsupported and skipped: the sync skips them too
         self.src = source
         self.nsfilter = nsfilter
         self.lanes = max(1, lanes)
         self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="apply") if self.lanes > 1 else None
-        self._serial: dict[str, bool] = {}  # namespace -> written in source order (see is_serial)
+        self._serial: dict[str, str] = {}  # namespace -> "" or why it is written in source order (is_serial)
+        self.halt: Exception | None = None  # set when the migration must stop writing at once (lock lost)
         # How many lanes write at once is measured, not assumed (tasks/concurrency.py).
         self.gate = WriteGate(self.lanes, what="sync lanes", unit=("writes/s", 1.0))
 
@@ -169,6 +181,8 @@ class Applier:
         db, coll = nsp
         if not coll:
             return self.nsfilter.db_in_scope(db)
+        if f"{db}.{coll}" in self.excluded or coll.startswith(QE_STATE_PREFIX):
+            return False
         return self.nsfilter.matches(db, coll)
 
     def apply(self, events: list[Any], stats: ApplyStats) -> None:
@@ -211,9 +225,11 @@ class Applier:
             info = next(iter(self.dst[db].list_collections(filter={"name": coll})), None)
             opts = dict((info or {}).get("options") or {})
             collation = dict(opts.get("collation") or {})
-            known = bool(opts.get("capped")) or collation.get("locale", "simple") != "simple"
+            known = (
+                "capped" if opts.get("capped") else "" if collation.get("locale", "simple") == "simple" else "collation"
+            )
             self._serial[ns] = known
-        return known
+        return bool(known)
 
     # -- data ---------------------------------------------------------------
     def flush(self, pending: WriteSet, stats: ApplyStats) -> None:
@@ -243,8 +259,19 @@ class Applier:
             resets = [DeleteOne({"_id": w.id_value}) for w in ws if w.reset and w.doc is not None]
             if resets:  # the old byte form of a value-equal _id goes first (see Write.reset)
                 self._bulk(c, ns, resets, ordered=False)
-            ops = [self._op(w) for w in ws]
-            self._bulk(c, ns, ops, ordered=self._serial.get(ns, False))
+            mode = self._serial.get(ns, "")
+            if mode == "collation":
+                # Under a collation two _id strings can be one document, and a replacement whose _id differs
+                # in bytes from the stored one is refused (ImmutableField, 66: object_replace_executor.cpp
+                # compares without the collation): delete, then insert the source's bytes.
+                ops = [
+                    op
+                    for w in ws
+                    for op in (DeleteOne({"_id": w.id_value}), *([InsertOne(w.doc)] if w.doc is not None else []))
+                ]
+            else:
+                ops = [self._op(w) for w in ws]
+            self._bulk(c, ns, ops, ordered=bool(mode))
             n_del = sum(1 for w in ws if w.doc is None)
             dels += n_del
             ups += len(ws) - n_del
@@ -260,6 +287,8 @@ class Applier:
     def _bulk(self, c: Any, ns: str, ops: list[Any], *, ordered: bool) -> None:
         """One bulk write through the concurrency gate; ordered ones go on past a harmless error."""
         while ops:
+            if self.halt is not None:
+                raise self.halt
             try:
                 with self.gate.slot(len(ops)):
                     c.bulk_write(ops, ordered=ordered, bypass_document_validation=True)
@@ -352,7 +381,7 @@ class Applier:
         if spec.is_view:
             create_views(self.dst, [spec])
             return
-        create_collection(self.dst, spec)
+        stats.index_changes.extend(create_collection(self.dst, spec))
         src_coll = self.src[ns.db].get_collection(ns.coll, codec_options=RAW)
         dst_coll = self.dst[ns.db].get_collection(ns.coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
         batch: list[RawBSONDocument] = []
@@ -382,7 +411,7 @@ class Applier:
         for ns in [n for n in self._serial if n == f"{db}.{coll}" or (not coll and n.startswith(f"{db}."))]:
             del self._serial[ns]  # capped or collation may differ from here on: read the catalog again
         if op == "create":
-            self._apply_create(db, coll, desc)
+            self._apply_create(db, coll, desc, stats)
         elif op == "drop":
             d.drop_collection(coll)
             stats.index_changes.append(IndexChange("drop_ns", f"{db}.{coll}"))
@@ -407,10 +436,13 @@ class Applier:
         elif op == "invalidate":
             raise TerminalError("the change stream was invalidated", remedy="restart the migration")
 
-    def _apply_create(self, db: str, coll: str, desc: dict[str, Any]) -> None:
+    def _apply_create(self, db: str, coll: str, desc: dict[str, Any], stats: ApplyStats) -> None:
         """Create the collection with the event's options; one that exists already converges to them."""
         # `temp` marks $out's staging collection (create event of MongoDB 7.0/8.0); it is renamed away later.
+        ns = Namespace(db, coll)
         opts = comparable_options({k: v for k, v in desc.items() if k not in ("idIndex", "temp")})
+        opts, changes = park_collection_ttl(ns, opts)
+        stats.index_changes.extend(changes)
         try:
             self.dst[db].command({"create": coll, **opts})
         except (OperationFailure, CollectionInvalid) as exc:
@@ -419,7 +451,7 @@ class Applier:
                 if err.transient:  # an election or a network error: the sync retries from its checkpoint
                     raise err from None
                 raise TerminalError(f"{db}.{coll}: cannot apply create on the destination: {exc}") from None
-            converge_options(self.dst, Namespace(db, coll), opts)
+            converge_options(self.dst, ns, opts)
 
     def _source_index_specs(self, db: str, coll: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The source's current spec of each new index: some servers' events omit options (unique, TTL).
@@ -449,6 +481,10 @@ class Applier:
                     stats.index_changes.append(IndexChange("modify", f"{db}.{coll}", str(name), restore))
                 if len(idx) > 1 + ("name" in idx and "keyPattern" in idx):
                     cmd["index"] = idx
+            elif k == "expireAfterSeconds":  # a clustered collection's own TTL: parked, booked for cutover
+                parked, changes = park_collection_ttl(Namespace(db, coll), {k: v})
+                stats.index_changes.extend(changes)
+                cmd[k] = parked[k]
             elif k not in ("uuid",):
                 cmd[k] = v
         if len(cmd) > 1:

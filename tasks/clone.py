@@ -22,7 +22,7 @@ from tasks import shutdown
 from tasks.catalog import CollectionSpec, Unsupported, estimated_docs, list_specs
 from tasks.concurrency import WriteGate
 from tasks.config import MigrationConfig
-from tasks.ddl import book_changes, build_indexes, create_collection, create_views
+from tasks.ddl import IndexChange, book_changes, build_indexes, create_collection, create_views
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError
 from tasks.metadata import MetadataStore
 from tasks.mongo import DATA_WRITE_CONCERN, RAW, latest_optime
@@ -112,12 +112,12 @@ class Cloner:
             n = Namespace.parse(ns)
             self.dst[n.db].drop_collection(n.coll)
             self.store.partitions.delete_many({"migration": self.name, "ns": ns})
-        for spec in collections:
-            create_collection(self.dst, spec)
+        changes = [c for spec in collections for c in create_collection(self.dst, spec)]
         self._shard_destination(collections)
         for spec in collections:
             self._plan(spec)
-        self.store.update(self.name, prepared=True, clone_started_at=utcnow())
+        restores = book_changes(self.store.load(self.name).index_restores, changes)  # parked collection TTLs
+        self.store.update(self.name, prepared=True, clone_started_at=utcnow(), index_restores=restores)
         return unsupported
 
     def _exists_on_dest(self, ns: Namespace) -> bool:
@@ -313,12 +313,12 @@ class Cloner:
         copied_through = latest_optime(self.src)
         specs, _ = list_specs(self.src, self.nsfilter)
         prepared = set(self.store.load(self.name).clone_namespaces)
-        changes = []
+        changes: list[IndexChange] = []
         for spec in specs:
             if spec.is_view:
                 continue
             if spec.ns.full not in prepared:
-                create_collection(self.dst, spec)
+                changes.extend(create_collection(self.dst, spec))
             changes.extend(build_indexes(self.dst, spec.ns, spec.indexes))
         create_views(self.dst, [s for s in specs if s.is_view])
         restores = book_changes(self.store.load(self.name).index_restores, changes)

@@ -34,6 +34,8 @@ COLLMOD_OPTIONS = frozenset(
 # What an absent option means, for the ones collMod resets by value.
 OPTION_DEFAULTS: dict[str, Any] = {"validator": {}, "validationLevel": "strict", "validationAction": "error"}
 
+COLLECTION_TTL = "(collection)"
+"""The book's name for a clustered collection's own expireAfterSeconds (not an index)."""
 Restore = dict[str, Any]
 """What cutover owes one index: ``{"ns", "name", "unique"?: True, "expireAfterSeconds"?: N}``."""
 
@@ -135,9 +137,23 @@ def build_indexes(dst: MongoClient[Any], ns: Namespace, indexes: list[dict[str, 
     return changes
 
 
-def create_collection(dst: MongoClient[Any], spec: CollectionSpec) -> None:
-    """Create a collection with its source options; one that exists already is brought to them."""
-    opts = creation_options(spec)
+def park_collection_ttl(ns: Namespace, options: dict[str, Any]) -> tuple[dict[str, Any], list[IndexChange]]:
+    """A clustered collection's own ``expireAfterSeconds``, parked like an index TTL and booked for cutover.
+
+    A TTL on the collection deletes on the destination documents the source may still hold (its TTL
+    monitor runs on its own clock); it gets its real value at cutover.  ``"off"`` deletes nothing.
+    """
+    ttl = options.get("expireAfterSeconds")
+    if ttl is None or ttl == "off":
+        return options, [IndexChange("set", ns.full, COLLECTION_TTL, {})] if ttl == "off" else []
+    parked = {**options, "expireAfterSeconds": TTL_PARKED_SECONDS}
+    return parked, [IndexChange("set", ns.full, COLLECTION_TTL, {"expireAfterSeconds": ttl})]
+
+
+def create_collection(dst: MongoClient[Any], spec: CollectionSpec) -> list[IndexChange]:
+    """Create a collection with its source options (a collection TTL parked); one that exists is brought to
+    them.  Returns what the book of restores owes for it."""
+    opts, changes = park_collection_ttl(spec.ns, creation_options(spec))
     try:
         dst[spec.ns.db].create_collection(spec.ns.coll, **opts)
     except CollectionInvalid:
@@ -148,6 +164,7 @@ def create_collection(dst: MongoClient[Any], spec: CollectionSpec) -> None:
                 f"cannot create {spec.ns} on the destination: {exc.details.get('errmsg') if exc.details else exc}"
             ) from None
         converge_options(dst, spec.ns, opts)
+    return changes
 
 
 def converge_options(dst: MongoClient[Any], ns: Namespace, wanted: dict[str, Any]) -> None:
@@ -218,6 +235,13 @@ def restore_index(dst: MongoClient[Any], r: Restore) -> bool:
     Idempotent (a cutover that died half-way redoes it): what the index already has is not asked again.
     """
     ns = Namespace.parse(r["ns"])
+    if r["name"] == COLLECTION_TTL:
+        info = next(iter(dst[ns.db].list_collections(filter={"name": ns.coll})), None)
+        if info is None:
+            return False
+        if dict(info.get("options") or {}).get("expireAfterSeconds") != r["expireAfterSeconds"]:
+            dst[ns.db].command({"collMod": ns.coll, "expireAfterSeconds": r["expireAfterSeconds"]})
+        return True
     db = dst[ns.db]
     current = (
         next((dict(i) for i in db[ns.coll].list_indexes() if i["name"] == r["name"]), None)

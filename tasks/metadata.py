@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pymongo
 from pymongo import MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
@@ -42,19 +43,32 @@ log = logging.getLogger(__name__)
 LOCK_ID = "destination"
 
 
+def _machine() -> str:
+    """This host as a process sees it: the host name, and the pid namespace where there is one.
+
+    Containers that share a host name (host networking) each have their own pids: a pid that does
+    not exist in ours may live in theirs, so only a process of our own namespace is ever judged dead.
+    """
+    try:
+        ns = os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{ns}"
+
+
 def process_owner() -> str:
-    """Identifies this process: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """Identifies this process: host (and pid namespace), pid and a random part (pids are reused)."""
+    return f"{_machine()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def owner_is_dead(owner: str | None) -> bool:
-    """True when ``owner`` was a process on this host that no longer exists."""
+    """True when ``owner`` was a process of this host (and pid namespace) that no longer exists."""
     if not owner:
         return True
     host, _, rest = owner.partition(":")
     pid_s = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_s.isdigit():
-        return False  # another machine: only its lease expiry tells
+    if host != _machine() or not pid_s.isdigit():
+        return False  # another machine or container: only its lease expiry tells
     try:
         os.kill(int(pid_s), 0)
     except ProcessLookupError:
@@ -194,21 +208,18 @@ class MetadataStore:
         """
         for _ in range(5):
             held = self.check_lock(name, owner, timeout_s)
-            expect = (
-                {"_id": LOCK_ID}
-                if held is None
-                else {"_id": LOCK_ID, "owner": held.get("owner"), "epoch": held.get("epoch")}
-            )
             sets = {"holder": name, "owner": owner, "heartbeat_at": utcnow(), "schema_version": SCHEMA_VERSION}
-            try:
-                raw = self.locks.find_one_and_update(
-                    expect,
-                    {"$set": sets, "$inc": {"epoch": 1}},
-                    upsert=held is None,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except DuplicateKeyError:
-                continue  # another process created it first: look again
+            if held is None:
+                try:  # the first lock on this destination: exactly one insert wins
+                    self.locks.insert_one({"_id": LOCK_ID, **sets, "epoch": 1})
+                    return 1
+                except DuplicateKeyError:
+                    continue  # another process created it first: look again
+            # Compare-and-set on everything the decision read: a renewed heartbeat meanwhile wins.
+            expect = {k: held.get(k) for k in ("owner", "epoch", "heartbeat_at")}
+            raw = self.locks.find_one_and_update(
+                {"_id": LOCK_ID, **expect}, {"$set": sets, "$inc": {"epoch": 1}}, return_document=ReturnDocument.AFTER
+            )
             if raw is not None:
                 return int(raw["epoch"])
         raise LockHeldError(f"the destination lock for migration {name!r} kept changing hands: try again")
@@ -265,8 +276,17 @@ class MetadataStore:
         """
         self.locks.update_one({"_id": LOCK_ID, "holder": name, "owner": owner}, {"$set": {"owner": None}})
 
-    def release_lock(self, name: str) -> None:
-        self.locks.update_one({"_id": LOCK_ID, "holder": name}, {"$set": {"holder": None, "owner": None}})
+    def release_lock(self, name: str, owner: str | None = None) -> None:
+        """Free the destination; a driver passes its ``owner``, so a lock taken over from it stays taken."""
+        flt: dict[str, Any] = {"_id": LOCK_ID, "holder": name}
+        if owner is not None:
+            flt["owner"] = owner
+        self.locks.update_one(flt, {"$set": {"holder": None, "owner": None}})
+
+    def check_fence(self, name: str) -> None:
+        """Raise LockHeldError if a newer driver took migration ``name`` over (before acting on a cluster)."""
+        if self.fenced is not None and self.migrations.find_one(self._fenced(name), {"_id": 1}) is None:
+            raise self._refused(name)
 
     def lock_holder(self) -> dict[str, Any] | None:
         doc = self.locks.find_one({"_id": LOCK_ID})
@@ -423,7 +443,8 @@ class LockHeartbeat:
         renewed = time.monotonic()
         while not self._stop.wait(self._interval):
             try:
-                held = self._store.heartbeat(self._name, self._owner)
+                with pymongo.timeout(self._interval):  # a hung destination must not hold the lease check back
+                    held = self._store.heartbeat(self._name, self._owner)
             except Exception as exc:  # noqa: BLE001 - a missed heartbeat is retried next tick
                 log.warning("lock heartbeat failed: %s", type(exc).__name__)
                 if time.monotonic() - renewed > self._lease * 0.75 and not self._stop.is_set():
@@ -443,11 +464,11 @@ class LockHeartbeat:
 
 
 def _owner_text(owner: str | None) -> str:
-    """'pid 123 on host h' from an owner string (host:pid:random)."""
+    """'pid 123 on host h' from an owner string (host[/pid namespace]:pid:random)."""
     if not owner:
         return "no process"
     host, _, rest = owner.partition(":")
-    return f"pid {rest.partition(':')[0]} on host {host}"
+    return f"pid {rest.partition(':')[0]} on host {host.partition('/')[0]}"
 
 
 def _held_error(name: str, held: dict[str, Any], age: float, timeout_s: float) -> LockHeldError:

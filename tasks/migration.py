@@ -103,21 +103,22 @@ class Migration:
     def begin(self, *, restart: bool = False, flow_run_id: str | None = None) -> MigrationDoc:
         """Create (or resume) the migration record, take the lock, store the change-stream start point."""
         doc = self.store.get(self.name)
-        if doc is not None and doc.phase in TERMINAL:
-            if not restart:
-                raise TerminalError(
-                    f"migration {self.name!r} already ended ({doc.phase.value})",
-                    remedy="use --restart (with clear_destination: true) or a new name to migrate again",
-                )
-            archived = self.store.archive(self.name)
-            log.info("archived ended migration %s as %s", self.name, archived)
-            doc = None
+        if doc is not None and doc.phase in TERMINAL and not restart:
+            raise TerminalError(
+                f"migration {self.name!r} already ended ({doc.phase.value})",
+                remedy="use --restart (with clear_destination: true) or a new name to migrate again",
+            )
         timeout = self.cfg.tuning.lock_timeout_seconds
-        epoch = self.store.acquire_lock(self.name, self.owner, timeout)
+        epoch = self.store.acquire_lock(self.name, self.owner, timeout)  # before archiving: one driver does it
         self._heartbeat = LockHeartbeat(
             self.store, self.name, self.owner, timeout / 4, on_lost=self._lock_lost, lease_s=timeout
         )
         self._heartbeat.__enter__()
+        doc = self.store.get(self.name)
+        if doc is not None and doc.phase in TERMINAL:
+            archived = self.store.archive(self.name)
+            log.info("archived ended migration %s as %s", self.name, archived)
+            doc = None
         if doc is None:
             rules = self.cfg.namespaces
             doc = self.store.create(
@@ -244,9 +245,13 @@ class Migration:
         return (doc.window_closes_at.replace(tzinfo=dt.UTC) - dt.datetime.now(dt.UTC)).total_seconds()
 
     def _wind_down(self, doc: MigrationDoc, warnings: list[str]) -> None:
-        """Stop the sync, restart the balancer (warn on failure), release the lock."""
+        """Stop the sync, restart the balancer (warn on failure), release the lock.
+
+        A driver that was taken over acts on neither cluster (the check raises LockHeldError).
+        """
         if self.runner is not None:
             self.runner.stop()
+        self.store.check_fence(self.name)
         if doc.balancer_stopped:
             try:
                 balancer_start(self.src)
@@ -256,7 +261,7 @@ class Migration:
                 warnings.append(msg)
                 self.store.push(self.name, "warnings", msg)
                 log.warning(msg)
-        self.store.release_lock(self.name)
+        self.store.release_lock(self.name, self.owner if self._heartbeat is not None else None)
         if self._heartbeat is not None:
             self._heartbeat.stop()
 
@@ -415,6 +420,11 @@ class Migration:
 
     def _unblock_writes(self, doc: MigrationDoc) -> None:
         if not doc.write_blocked:
+            return
+        try:
+            self.store.check_fence(self.name)  # a driver that was taken over leaves the source alone
+        except LockHeldError:
+            log.warning("not unblocking the source's writes: another process drives this migration now")
             return
         try:
             self.src.admin.command({"setUserWriteBlockMode": 1, "global": False})

@@ -70,7 +70,16 @@ SPLIT_STAGE: dict[str, Any] = {"$changeStreamSplitLargeEvent": {}}
 FRAGMENT_WAIT_SECONDS = 30.0
 """How long the rest of a split event may take to arrive (the server sends the fragments back to back)."""
 
-__all__ = ["SyncRunner", "SyncState", "catch_up_estimate", "fcv", "open_start_point", "token_time"]
+__all__ = [
+    "SyncRunner",
+    "SyncState",
+    "batch_through",
+    "catch_up_estimate",
+    "fcv",
+    "open_start_point",
+    "seen_through",
+    "token_time",
+]
 
 
 def ts_dict(ts: Timestamp | None) -> dict[str, int] | None:
@@ -104,6 +113,40 @@ def token_dict(token: Any) -> dict[str, Any] | None:
 def just_before(ts: Timestamp) -> Timestamp:
     """The latest cluster time before ``ts``: what a batch ending at an event of time ``ts`` proves applied."""
     return Timestamp(ts.time, ts.inc - 1) if ts.inc > 0 else Timestamp(ts.time - 1, 0xFFFFFFFF)
+
+
+def seen_through(token: Any, before: Timestamp | None, *, sharded: bool) -> Timestamp | None:
+    """How far an empty reply proves the stream read: every event at or before the time returned.
+
+    MongoDB's high-water token (``82`` + time) is exact on a replica set.  Through mongos it is the
+    lowest point every shard promised, and it sorts before the events of its own time, which another
+    shard may still send (a cross-shard transaction commits at one time on each): the time before it.
+    Without such a token, the operationTime of the reply before (the server's last applied write, not a
+    promise about the stream): the time before it.
+    """
+    hwm = token_time(token)
+    if hwm is not None:
+        return just_before(hwm) if sharded else hwm
+    return just_before(before) if before is not None else None
+
+
+def batch_through(
+    last: Timestamp | None, seen: Timestamp | None, applied: Timestamp | None, *, sharded: bool
+) -> Timestamp | None:
+    """How far a batch ending at an event of cluster time ``last`` proves the history applied.
+
+    Only the events before ``last`` unless the stream then said "nothing more" (``seen``): more events of
+    the same cluster time (the rest of a transaction) may still come.  On a replica set an empty reply
+    after ``last`` proves ``last`` whole; through mongos another shard may still send events of that time.
+    Never behind ``applied``, what earlier batches proved.
+    """
+    if last is None:
+        return applied
+    if seen is None or sharded:
+        through = just_before(last) if seen is None else max(just_before(last), seen)
+    else:
+        through = max(last, seen)
+    return through if applied is None or through > applied else applied
 
 
 def open_start_point(source: MongoClient[Any]) -> tuple[dict[str, Any], Timestamp]:
@@ -156,6 +199,8 @@ class SyncRunner:
         self._last_fallback = -FALLBACK_SECONDS
         self._split: bool | None = None  # the source takes $changeStreamSplitLargeEvent (None: not asked yet)
         self._budget = RetryBudget("sync", config.tuning.retry_attempts, config.tuning.retry_max_seconds, 0.5)
+        self._applier: Applier | None = None
+        self._sharded = False  # the source is a mongos (read at start): high-water marks are exclusive
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -196,8 +241,14 @@ class SyncRunner:
         return self._thread is not None and self._thread.is_alive()
 
     def abort(self, exc: LiveMigrateError) -> None:
-        """Stop with an error found outside the loop (e.g. the destination lock was lost)."""
+        """Stop with an error found outside the loop (e.g. the destination lock was lost): at once.
+
+        Unlike :meth:`stop`, nothing more is written: the applier refuses its next bulk write, and
+        what the loop collected is not applied.
+        """
         self.state.error = exc
+        if self._applier is not None:
+            self._applier.halt = exc
         self.stop_event.set()
 
     def _thread_main(self) -> None:
@@ -223,8 +274,21 @@ class SyncRunner:
         st = self.state
         self._budget.succeeded()
         st.failures = 0
-        copied = ts_from(self.store.load(self.name).copied_through)
-        applier = Applier(self.dst, self.nsfilter, self.cfg.tuning.sync_lanes, source=self.src, copied_through=copied)
+        doc = self.store.load(self.name)
+        applier = Applier(
+            self.dst,
+            self.nsfilter,
+            self.cfg.tuning.sync_lanes,
+            source=self.src,
+            copied_through=ts_from(doc.copied_through),
+            excluded=frozenset(u["ns"] for u in doc.unsupported),
+        )
+        applier.halt = self.state.error  # aborted before it started
+        self._applier = applier
+        try:
+            self._sharded = self.src.admin.command("hello").get("msg") == "isdbgrid"
+        except PyMongoError:
+            self._sharded = True  # unknown: the cautious reading of high-water marks
         try:
             while not self.stop_event.is_set():
                 try:
@@ -293,11 +357,12 @@ class SyncRunner:
                     before = session.operation_time or self._source_time_fallback()
                     batch, caught_up = self._collect(stream, limit, inflight, session)
                     token = stream.resume_token
-                    # MongoDB's high-water token says exactly how far the stream has read; else `before`.
-                    seen = (token_time(token) or before) if caught_up else None
+                    seen = self._seen(token, before) if caught_up else None
                     if inflight is not None:
                         self._land(inflight, session)
                         inflight = None
+                    if self.state.error is not None:
+                        return  # aborted (the lock is lost): what was collected is not applied
                     if batch:
                         through = self._through(batch[-1].get("clusterTime"), seen)
                         inflight = _InFlight(
@@ -319,17 +384,11 @@ class SyncRunner:
                     # (a write still landing after newer events are re-applied could leave an older state).
                     wait([inflight.future])
 
-    def _through(self, last: Timestamp | None, seen: Timestamp | None) -> Timestamp | None:
-        """How far a batch ending at an event of cluster time ``last`` proves the history applied.
+    def _seen(self, token: Any, before: Timestamp | None) -> Timestamp | None:
+        return seen_through(token, before, sharded=self._sharded)
 
-        Only the events before ``last`` unless the stream then said "nothing more" (``seen``): more
-        events of the same cluster time (the rest of a transaction) may still come.
-        """
-        applied = self.state.applied_time
-        if last is None:
-            return applied
-        through = max(last, seen) if seen is not None else just_before(last)
-        return through if applied is None or through > applied else applied
+    def _through(self, last: Timestamp | None, seen: Timestamp | None) -> Timestamp | None:
+        return batch_through(last, seen, self.state.applied_time, sharded=self._sharded)
 
     def _collect(
         self, stream: Any, limit: int, inflight: _InFlight | None, session: ClientSession
@@ -354,9 +413,12 @@ class SyncRunner:
                     self._observe(session.operation_time, False)
             elif time.monotonic() >= deadline:
                 break
+            cursor = getattr(stream, "_cursor", None)
             ev = self._next(stream)
             if ev is None:
-                return batch, True
+                # An empty first batch of a stream pymongo reopened after a resumable error starts at the
+                # last event read (perhaps mid-transaction): it proves nothing about what follows.
+                return batch, getattr(stream, "_cursor", None) is cursor
             batch.append(ev)
         return batch, False
 

@@ -16,11 +16,6 @@ DISK_FAIL_RATIO = 1.0
 DISK_WARN_RATIO = 1.5
 DEFAULT_COPY_RATE_MB_S = 20.0
 OPLOG_MARGIN = 1.5  # the window must hold the copy plus index builds and the catch-up
-TIMESERIES_MIN_DEST = (5, 0)  # time-series collections exist from MongoDB 5.0
-
-
-def _fmt(v: tuple[int, ...]) -> str:
-    return ".".join(str(x) for x in v)
 
 
 def _mb(n: float) -> str:
@@ -206,17 +201,19 @@ def rule_unsupported(f: Facts) -> CheckResult:
     if f.scope.namespaces is None:
         raise CannotCheck(f"source collections could not be listed: {f.problems.get('namespaces', 'unknown reason')}")
     items = [{"ns": u.ns, "reason": u.reason, "severity": u.severity} for u in f.scope.unsupported]
-    dv = f.destination.version
     ts = [ns for ns, kind in f.scope.kinds.items() if kind == "timeseries"]
-    if ts and dv is not None and dv[:2] < TIMESERIES_MIN_DEST:
-        items += [
-            {
-                "ns": ns,
-                "reason": f"time-series collections need a destination >= {_fmt(TIMESERIES_MIN_DEST)}",
-                "severity": "warn",
-            }
-            for ns in ts
-        ]
+    # A time-series collection's writes never reach a change stream (MongoDB manual, "Time Series
+    # Collection Limitations": change streams are not supported), so a live copy of one would silently miss
+    # every write made during the migration.
+    items += [
+        {
+            "ns": ns,
+            "reason": "time-series collections have no change stream: writes during the migration would be lost "
+            "(exclude it, and copy it with mongodump/mongorestore while its writers are stopped)",
+            "severity": "fail",
+        }
+        for ns in ts
+    ]
     ev = {"unsupported": items, "timeseries": ts}
     if not items:
         return CheckResult("unsupported", Status.PASS, "every in-scope namespace can be migrated", ev)

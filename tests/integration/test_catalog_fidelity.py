@@ -13,26 +13,43 @@ import time
 from typing import Any
 
 import pytest
-from bson import Timestamp, encode
+from bson import Int64, Timestamp, encode
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient
+from pymongo import MongoClient, monitoring
 
 from tasks.apply import Applier, ApplyStats
 from tasks.catalog import INDEX_NOISE
 from tasks.config import NamespaceRules
-from tasks.ddl import IndexChange, book_changes, converge_options, restore_indexes
+from tasks.ddl import TTL_PARKED_SECONDS, IndexChange, book_changes, converge_options, restore_indexes
 from tasks.errors import TerminalError
 from tasks.migration import Migration
 from tasks.mongo import latest_optime
 from tasks.namespaces import Namespace, NamespaceFilter
-from tests.conftest import Deployment, requires_secantus
+from tests.conftest import BACKEND, Deployment, requires_secantus
 from tests.helpers import assert_same_data, fail_command, make_config
 
 pytestmark = pytest.mark.integration
 
 RAWC = CodecOptions(document_class=RawBSONDocument)
 EQUAL = lambda doc: {"equal": True}  # noqa: E731 - the tests compare the catalogs themselves
+
+
+class CommandLog(monitoring.CommandListener):
+    """The commands of one name a client sent (their fields, without the driver's own)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.commands = name, []  # type: tuple[str, list[dict[str, Any]]]
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == self.name:
+            self.commands.append({k: v for k, v in event.command.items() if not k.startswith(("$", "lsid"))})
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
 
 
 def raw_indexes(client: MongoClient[Any], db: str, coll: str) -> dict[str, dict[str, Any]]:
@@ -306,3 +323,64 @@ def test_out_replaces_its_target_as_mongodb_writes_it(
     restore_indexes(dst_client, book)
     assert raw_indexes(dst_client, dbname, "report") == raw_indexes(src_client, dbname, "report")
     assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_queryable_encryption_collections_are_skipped_by_the_sync_too(dst_client: MongoClient, dbname: str) -> None:
+    """The clone reports a QE collection unsupported and skips it; its events and those of its server-managed
+    state collections (``enxcol_.<coll>.esc`` / ``.ecoc``, MongoDB 7.0 QE manual) are skipped as well."""
+    t = Timestamp(int(time.time()), 1)
+    events = [
+        _event("insert", dbname, coll, t, documentKey={"_id": 1}, fullDocument={"_id": 1})
+        for coll in ("patients", "enxcol_.patients.esc", "enxcol_.patients.ecoc", "plain")
+    ]
+    applier = Applier(dst_client, NamespaceFilter.from_rules(None), lanes=1, excluded=frozenset({f"{dbname}.patients"}))
+    stats = ApplyStats()
+    try:
+        applier.apply(events, stats)
+    finally:
+        applier.close()
+    assert dst_client[dbname].list_collection_names() == ["plain"]
+    assert stats.skipped == 3
+
+
+def test_a_clustered_collections_own_ttl_is_parked_until_the_cutover(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    db = src_client[dbname]
+    db.create_collection("events", clusteredIndex={"key": {"_id": 1}, "unique": True}, expireAfterSeconds=3600)
+    db["events"].insert_many([{"_id": i} for i in range(20)])
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    sent = CommandLog("collMod")
+    with pair[1].client(event_listeners=[sent]) as dst, Migration(cfg, src_client, dst) as m:
+        m.begin()
+        m.clone()
+        assert raw_options(dst_client, dbname)["events"]["expireAfterSeconds"] == TTL_PARKED_SECONDS
+        book = m.store.load(m.name).index_restores
+        assert book == [{"ns": f"{dbname}.events", "name": "(collection)", "expireAfterSeconds": 3600}]
+        assert m.wait_ready(30)
+        assert m.cutover("oncall", "clustered ttl", EQUAL).phase.value == "complete"
+    assert {"collMod": "events", "expireAfterSeconds": 3600} in sent.commands
+    if BACKEND != "secantus":  # SecantusDB ignores collMod expireAfterSeconds on a clustered collection
+        assert raw_options(dst_client, dbname)["events"] == raw_options(src_client, dbname)["events"]
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_a_collmod_of_a_collection_ttl_is_booked_not_applied(dst_client: MongoClient, dbname: str) -> None:
+    """MongoDB's modify event for ``collMod {expireAfterSeconds}`` on a clustered collection carries the new
+    value as given (change_stream_event_transform.cpp: the oplog ``o`` without ``collMod``).  SecantusDB
+    ignores that collMod (its event is empty), so the event is a recorded one."""
+    dst_client[dbname].create_collection(
+        "events", clusteredIndex={"key": {"_id": 1}, "unique": True}, expireAfterSeconds=TTL_PARKED_SECONDS
+    )
+    t = Timestamp(int(time.time()), 1)
+    ev = _event("modify", dbname, "events", t, operationDescription={"expireAfterSeconds": Int64(7200)})
+    applier = Applier(dst_client, NamespaceFilter.from_rules(None), lanes=1)
+    stats = ApplyStats()
+    try:
+        applier.apply([ev], stats)
+    finally:
+        applier.close()
+    assert book_changes([], stats.index_changes) == [
+        {"ns": f"{dbname}.events", "name": "(collection)", "expireAfterSeconds": 7200}
+    ]
+    assert raw_options(dst_client, dbname)["events"]["expireAfterSeconds"] == TTL_PARKED_SECONDS

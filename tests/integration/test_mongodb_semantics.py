@@ -263,3 +263,26 @@ def test_capped_and_collated_namespaces_are_applied_in_order(
     finally:
         applier.close()
     assert serial == {"log": True, "names": True, "simple": False, "plain": False, "absent": False}
+
+
+def test_a_collated_collection_is_written_delete_then_insert_in_order(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    """Under a collation a replacement whose _id bytes differ from the stored one's is refused by MongoDB
+    (ImmutableField 66, object_replace_executor.cpp compares without the collation), so such namespaces are
+    written as delete + insert, in source order.  (SecantusDB stores but does not apply the collation.)"""
+    db = src_client[dbname]
+    db.create_collection("names", collation={"locale": "en", "strength": 2})
+    db["names"].insert_many([{"_id": "Bob", "n": 0}, {"_id": "carol", "n": 0}])
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        m.clone()
+        db["names"].insert_one({"_id": "Ann", "n": 1})
+        db["names"].update_one({"_id": "Ann"}, {"$inc": {"n": 1}})
+        db["names"].delete_one({"_id": "Ann"})
+        db["names"].insert_one({"_id": "ann", "n": 3})
+        db["names"].replace_one({"_id": "Bob"}, {"_id": "Bob", "replaced": True})
+        db["names"].delete_one({"_id": "carol"})
+        _drain(m, src_client)
+    assert_same_data(src_client, dst_client, [dbname])

@@ -22,7 +22,7 @@ from pymongo import MongoClient
 from pymongo.errors import AutoReconnect
 
 from tasks.errors import LockHeldError
-from tasks.metadata import LOCK_ID, LockHeartbeat, MetadataStore
+from tasks.metadata import LOCK_ID, LockHeartbeat, MetadataStore, process_owner
 from tasks.migration import Migration
 from tasks.state import Checkpoint
 from tests.conftest import Deployment
@@ -144,3 +144,52 @@ def test_a_heartbeat_that_cannot_renew_its_lease_stops_the_driver() -> None:
         assert done.wait(5)
     assert 0.3 <= time.monotonic() - started < 3
     assert "could not be renewed" in lost[0]
+
+
+def test_racing_first_acquisitions_leave_exactly_one_driver(dst_client: MongoClient, dbname: str) -> None:
+    store = MetadataStore(dst_client)
+    store.locks.delete_one({"_id": LOCK_ID})  # the first lock this destination ever sees
+    won: list[int] = []
+    refused: list[LockHeldError] = []
+    start = threading.Barrier(6)
+
+    def race(i: int) -> None:
+        own = MetadataStore(dst_client)
+        start.wait()
+        try:
+            won.append(own.acquire_lock(f"race-{dbname}", process_owner(), 60))
+        except LockHeldError as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert len(won) == 1 and len(refused) == 5, (won, refused)
+    finally:
+        store.locks.delete_one({"_id": LOCK_ID})
+
+
+def test_an_aborted_applier_writes_nothing_more(dst_client: MongoClient, dbname: str) -> None:
+    from bson import encode
+    from bson.raw_bson import RawBSONDocument
+
+    from tasks.apply import Applier, ApplyStats
+    from tasks.namespaces import NamespaceFilter
+
+    applier = Applier(dst_client, NamespaceFilter.from_rules(None), lanes=2)
+    applier.halt = LockHeldError("another process took the destination lock")
+    ev = {
+        "operationType": "insert",
+        "ns": {"db": dbname, "coll": "c"},
+        "documentKey": {"_id": 1},
+        "fullDocument": {"_id": 1},
+    }
+    try:
+        with pytest.raises(LockHeldError):
+            applier.apply([RawBSONDocument(encode(ev))], ApplyStats())
+    finally:
+        applier.close()
+    assert dst_client[dbname]["c"].count_documents({}) == 0

@@ -420,12 +420,12 @@ def test_unsupported_warns_or_fails_by_severity() -> None:
     assert rule_unsupported(f).status == Status.FAIL
 
 
-def test_unsupported_time_series_on_an_old_destination_warns() -> None:
+def test_a_time_series_collection_in_scope_fails_up_front() -> None:
     f = good_facts()
     f.scope.kinds["app.ts"] = "timeseries"
-    assert rule_unsupported(f).status == Status.PASS
-    f.destination.version = (4, 4, 0)
-    assert rule_unsupported(f).status == Status.WARN
+    r = rule_unsupported(f)
+    assert r.status == Status.FAIL and r.evidence["unsupported"][0]["ns"] == "app.ts"
+    assert "change stream" in r.summary and "exclude" in r.remedy
 
 
 # -- the report -------------------------------------------------------------
