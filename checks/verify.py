@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from checks.verify_bson import HASH_MOD, format_hash, id_json
 from checks.verify_catalog import PendingRestores, compare_namespace, pending_map
@@ -191,13 +191,27 @@ def _catalog(
     dst_specs, dst_unsup = list_specs(dest, nsfilter)
     by_src = {s.ns.full: s for s in src_specs}
     by_dst = {s.ns.full: s for s in dst_specs}
+    keys = shard_keys(dest)
     states: list[_NsState] = []
     for ns in sorted(by_src.keys() | by_dst.keys()):
         st = _NsState(ns, by_src.get(ns), by_dst.get(ns))
-        st.index_diffs, st.option_diffs, st.catalog_notes = compare_namespace(ns, st.src_spec, st.dst_spec, pending)
+        st.index_diffs, st.option_diffs, st.catalog_notes = compare_namespace(
+            ns, st.src_spec, st.dst_spec, pending, keys.get(ns)
+        )
         states.append(st)
     unsupported = {(u.ns, u.reason) for u in (*src_unsup, *dst_unsup)}
     return states, [{"ns": ns, "reason": reason} for ns, reason in sorted(unsupported)]
+
+
+def shard_keys(client: MongoClient[Any]) -> dict[str, list[tuple[str, Any]]]:
+    """Each sharded collection's key, in order, when ``client`` is a mongos (else none)."""
+    try:
+        if client.admin.command("hello").get("msg") != "isdbgrid":
+            return {}
+        rows = client["config"]["collections"].find({"dropped": {"$ne": True}}, {"key": 1})
+        return {str(r["_id"]): list(dict(r["key"]).items()) for r in rows if r.get("key")}
+    except OperationFailure:
+        return {}
 
 
 def _estimate(st: _NsState, pool: ThreadPoolExecutor) -> int:

@@ -52,12 +52,19 @@ PREPARE_UNIQUE_NOTE = (
 )
 
 
+SHARD_KEY_INDEX_NOTE = (
+    "index {name!r} on {key} is on the destination only: it supports the destination's shard key (sharding "
+    "needs it; createSupportingIndexes built it before the copy)"
+)
+
+
 def compare_indexes(
     ns: str,
     src: list[dict[str, Any]],
     dst: list[dict[str, Any]],
     pending: PendingRestores,
     notes: list[str] | None = None,
+    shard_key: list[tuple[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Index differences by name: missing or extra on the destination, or a different spec.
 
@@ -72,6 +79,10 @@ def compare_indexes(
         if s == d:
             continue
         problem = "missing" if d is None else "extra" if s is None else "different"
+        if problem == "extra" and shard_key and list((d or {}).get("key", [])) == shard_key:
+            if notes is not None:
+                notes.append(SHARD_KEY_INDEX_NOTE.format(name=name, key=dict(shard_key)))
+            continue
         fields = sorted(k for k in (s or {}).keys() | (d or {}).keys() if (s or {}).get(k) != (d or {}).get(k))
         if problem == "different" and fields == ["prepareUnique"] and (s or {}).get("prepareUnique") is None:
             if (d or {}).get("prepareUnique") is False and (d or {}).get("unique"):
@@ -125,7 +136,11 @@ def compare_options(src: CollectionSpec | None, dst: CollectionSpec | None) -> l
 
 
 def compare_namespace(
-    ns: str, src: CollectionSpec | None, dst: CollectionSpec | None, pending: PendingRestores
+    ns: str,
+    src: CollectionSpec | None,
+    dst: CollectionSpec | None,
+    pending: PendingRestores,
+    shard_key: list[tuple[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(index differences, option differences, notes) for one namespace; views have options only.
 
@@ -137,5 +152,5 @@ def compare_namespace(
         dst = replace(dst, options={**dst.options, "expireAfterSeconds": owed["expireAfterSeconds"]})
     options = compare_options(src, dst)
     notes: list[str] = []
-    indexes = compare_indexes(ns, src.indexes if src else [], dst.indexes if dst else [], pending, notes)
+    indexes = compare_indexes(ns, src.indexes if src else [], dst.indexes if dst else [], pending, notes, shard_key)
     return indexes, options, notes

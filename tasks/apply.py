@@ -40,12 +40,14 @@ from tasks.namespaces import Namespace, NamespaceFilter
 
 log = logging.getLogger(__name__)
 
+SERIAL_MODES = frozenset({"capped", "collation"})
 QE_STATE_PREFIX = "enxcol_."  # Queryable Encryption's state collections (enxcol_.<coll>.esc/.ecoc), server-managed
 COPY_BATCH_BYTES = 8 * 1024 * 1024  # a collection copied afresh after a rename goes in inserts of this size
 DATA_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 DDL_EVENTS = frozenset(
     {"create", "createIndexes", "dropIndexes", "drop", "dropDatabase", "modify", "rename", "invalidate"}
 )
+SHARDING_EVENTS = frozenset({"shardCollection", "reshardCollection", "refineCollectionShardKey"})
 IGNORED_EVENTS = frozenset(
     {"shardCollection", "reshardCollection", "refineCollectionShardKey", "startIndexBuild", "abortIndexBuild"}
 )
@@ -166,6 +168,7 @@ class Applier:
         self.lanes = max(1, lanes)
         self._pool = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="apply") if self.lanes > 1 else None
         self._serial: dict[str, str] = {}  # namespace -> "" or why it is written in source order (is_serial)
+        self._mongos: bool | None = None  # the destination is a mongos (asked once)
         self.halt: Exception | None = None  # set when the migration must stop writing at once (lock lost)
         # How many lanes write at once is measured, not assumed (tasks/concurrency.py).
         self.gate = WriteGate(self.lanes, what="sync lanes", unit=("writes/s", 1.0))
@@ -198,6 +201,10 @@ class Applier:
                 pending.add(w, serial=self.is_serial(w.ns))
                 continue
             if op in IGNORED_EVENTS:
+                if op in SHARDING_EVENTS and self.in_scope(ev):
+                    # The destination keeps the sharding it was given (sharding.shardingEntries): the source's
+                    # own key changes nothing in the documents.
+                    log.warning("%s on the source (%s): the destination keeps its own sharding", op, event_ns(ev))
                 continue
             if op == "rename":
                 self.flush(pending, stats)
@@ -214,10 +221,22 @@ class Applier:
         self.flush(pending, stats)
 
     def is_serial(self, ns: str) -> bool:
-        """Whether ``ns`` must be written in source order, every write: capped, or a non-simple collation.
+        """Whether ``ns`` must be written in source order, every write: capped, or a non-simple collation."""
+        return self.write_mode(ns) in SERIAL_MODES
 
-        Read once per namespace from the destination's catalog (created from the source's options) and
-        forgotten on every DDL event for the namespace or its database.
+    def write_mode(self, ns: str) -> str:
+        """How ``ns`` is written on the destination:
+
+        - ``""``: the last write per document, a replacement with upsert;
+        - ``"capped"``: every write in source order (natural order and trimming follow insertion);
+        - ``"collation"``: every write in source order, as delete then insert (see ``_apply_lane``);
+        - ``"sharded"``: the last write per document, as delete then insert: an upsert through mongos needs
+          the full shard key in its filter, and a filter with the new document's shard key misses the
+          document when the source changed that field (the upsert would insert a second document with the
+          same _id on another shard).
+
+        Read once per namespace from the destination's catalog (created from the source's options; the
+        shard key from mongos's ``config.collections``) and forgotten on every DDL event for it.
         """
         known = self._serial.get(ns)
         if known is None:
@@ -225,11 +244,30 @@ class Applier:
             info = next(iter(self.dst[db].list_collections(filter={"name": coll})), None)
             opts = dict((info or {}).get("options") or {})
             collation = dict(opts.get("collation") or {})
-            known = (
-                "capped" if opts.get("capped") else "" if collation.get("locale", "simple") == "simple" else "collation"
-            )
+            if opts.get("capped"):
+                known = "capped"
+            elif collation.get("locale", "simple") != "simple":
+                known = "collation"
+            else:
+                known = "sharded" if self._shard_key(ns) else ""
             self._serial[ns] = known
-        return bool(known)
+        return known
+
+    def _shard_key(self, ns: str) -> dict[str, Any] | None:
+        """The destination's shard key of ``ns`` (mongos only; a replica set has no config.collections entry)."""
+        if self._mongos is None:
+            try:
+                self._mongos = self.dst.admin.command("hello").get("msg") == "isdbgrid"
+            except OperationFailure:
+                self._mongos = False
+        if not self._mongos:
+            return None
+        try:
+            entry = self.dst["config"]["collections"].find_one({"_id": ns, "dropped": {"$ne": True}}, {"key": 1})
+        except OperationFailure as exc:  # not allowed to read config: mongos will say if a write needs the key
+            log.warning("%s: cannot read the destination's shard key (%s)", ns, exc.code)
+            return None
+        return dict(entry["key"]) if entry and entry.get("key") else None
 
     # -- data ---------------------------------------------------------------
     def flush(self, pending: WriteSet, stats: ApplyStats) -> None:
@@ -260,10 +298,10 @@ class Applier:
             if resets:  # the old byte form of a value-equal _id goes first (see Write.reset)
                 self._bulk(c, ns, resets, ordered=False)
             mode = self._serial.get(ns, "")
-            if mode == "collation":
+            if mode in ("collation", "sharded"):
                 # Under a collation two _id strings can be one document, and a replacement whose _id differs
                 # in bytes from the stored one is refused (ImmutableField, 66: object_replace_executor.cpp
-                # compares without the collation): delete, then insert the source's bytes.
+                # compares without the collation); through mongos see write_mode: delete, then insert.
                 ops = [
                     op
                     for w in ws

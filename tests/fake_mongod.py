@@ -92,6 +92,7 @@ class FakeMongod:
         self.collations: dict[str, dict[str, Any]] = {}  # collections' non-simple default collations
         self.sharded: dict[str, dict[str, Any]] = {}
         self.inserted: dict[str, int] = {}
+        self.writes: dict[str, list[dict[str, Any]]] = {}  # update/delete statements received, per namespace
         self._streams: dict[int, str] = {}  # open change-stream cursors: id -> ns
         # Scripted change events (whole, as the server would build them), served by every stream opened
         # after they were added; a stream keeps its own position and its pipeline's split/$project.
@@ -264,6 +265,46 @@ class FakeMongod:
             self._stopping.wait(min(int(doc.get("maxTimeMS") or 1000), MAX_AWAIT_MS) / 1000)
         return {"cursor": {"nextBatch": [], "postBatchResumeToken": self._token(), "id": Int64(cid), "ns": ns}}
 
+    def _write(self, name: str, db: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """update/delete, with mongos's targeting rules for a sharded collection (MongoDB 7.0/8.0 manual,
+        "Sharded collection" notes of updateOne/replaceOne/deleteOne): an upsert's filter must hold the full
+        shard key; a single delete must match on _id or the full shard key.  Refusals are write errors
+        ShardKeyNotFound (61), as mongos sends them."""
+        ns = f"{db}.{doc[name]}"
+        key = self.sharded.get(ns)
+        self.writes.setdefault(ns, []).extend(doc.get("updates" if name == "update" else "deletes", []))
+        errors = []
+        for i, op in enumerate(doc.get("updates" if name == "update" else "deletes", [])):
+            q = dict(op.get("q") or {})
+            full_key = key is not None and all(k in q for k in key)
+            if key is not None and name == "update" and op.get("upsert") and not full_key:
+                errors.append(
+                    {
+                        "index": i,
+                        "code": 61,
+                        "codeName": "ShardKeyNotFound",
+                        "errmsg": "Failed to target upsert by query :: could not extract exact shard key",
+                    }
+                )
+            elif key is not None and name == "delete" and op.get("limit") == 1 and "_id" not in q and not full_key:
+                errors.append(
+                    {
+                        "index": i,
+                        "code": 61,
+                        "codeName": "ShardKeyNotFound",
+                        "errmsg": "A single delete on a sharded collection must contain an exact match on _id "
+                        "(and have the collection default collation) or contain the shard key",
+                    }
+                )
+            if errors and doc.get("ordered", True):
+                break
+        reply: dict[str, Any] = {"n": len(doc.get("updates" if name == "update" else "deletes", [])) - len(errors)}
+        if name == "update":
+            reply["nModified"] = reply["n"]
+        if errors:
+            reply["writeErrors"] = errors
+        return reply
+
     @staticmethod
     def _simple(collation: Any) -> bool:
         return not collation or dict(collation).get("locale") == "simple"
@@ -372,6 +413,10 @@ class FakeMongod:
                 "code": 20,
                 "codeName": "IllegalOperation",
             }
+        if db == "config" and coll == "collections" and self.spec.topology == "sharded":
+            want = (doc.get("filter") or {}).get("_id")
+            rows = [{"_id": ns, "key": key, "unique": False} for ns, key in self.sharded.items() if want in (None, ns)]
+            return self._cursor("config.collections", rows)
         if db == "local" and coll == "oplog.rs":
             natural = (doc.get("sort") or {}).get("$natural", 1)
             ts = Timestamp(self.optime.time - self.spec.oplog_seconds, 1) if natural == 1 else self.optime
@@ -505,7 +550,7 @@ class FakeMongod:
             self.inserted[ns] = self.inserted.get(ns, 0) + n
             return {"n": n}
         if name in ("delete", "update"):
-            return {"n": 1}
+            return self._write(name, db, doc)
         if name == "currentop":
             return {"inprog": list(s.current_op)}
         return command_not_found(next(iter(doc), name))

@@ -254,3 +254,41 @@ def test_invalid_sharding_entry_is_a_config_error(entry: dict[str, Any]) -> None
     with pytest.raises(ConfigError) as err:
         config_from_dict(data, "migration.yaml")
     assert "sharding.shardingEntries.0" in str(err.value)
+
+
+# -- writing into a sharded destination -------------------------------------------------------
+def test_sync_writes_into_a_sharded_collection_as_mongos_allows(mongos: FakeMongod) -> None:
+    """The sync's writes into a collection sharded on the destination: an upsert filtered by _id alone is
+    refused by mongos (ShardKeyNotFound), and one filtered by the new document's shard key would insert a
+    second document when the source changed that field; so each is a delete by _id, then an insert."""
+    from bson import encode
+    from bson.raw_bson import RawBSONDocument
+
+    from tasks.apply import Applier, ApplyStats
+    from tasks.namespaces import NamespaceFilter
+
+    mongos.sharded["app.orders"] = dict(RANGED)
+    mongos.collections.add("app.orders")
+
+    def event(op: str, _id: int, doc: dict[str, Any] | None) -> RawBSONDocument:
+        ev: dict[str, Any] = {"operationType": op, "ns": {"db": "app", "coll": "orders"}, "documentKey": {"_id": _id}}
+        if doc is not None:
+            ev["fullDocument"] = doc
+        return RawBSONDocument(encode(ev))
+
+    events = [
+        event("insert", 1, {"_id": 1, "region": "eu", "customer": 7}),
+        event("update", 2, {"_id": 2, "region": "us", "customer": 8}),  # its region changed on the source
+        event("delete", 3, None),
+    ]
+    with mongos.client() as dst:
+        applier = Applier(dst, NamespaceFilter.from_rules(None), lanes=2)
+        try:
+            assert applier.write_mode("app.orders") == "sharded"
+            applier.apply(events, ApplyStats())
+        finally:
+            applier.close()
+    sent = mongos.writes["app.orders"]
+    assert not any(s.get("upsert") for s in sent)
+    assert sorted(s["q"]["_id"] for s in sent) == [1, 2, 3] and all(s.get("limit") == 1 for s in sent)
+    assert mongos.inserted["app.orders"] == 2

@@ -271,3 +271,17 @@ def test_prepare_unique_left_by_the_restore_is_a_named_note_not_a_silent_match()
     plain = [comparable_index({"v": 2, "key": SON([("e", 1)]), "name": "e_1", "prepareUnique": False})]
     src_plain = [comparable_index({"v": 2, "key": SON([("e", 1)]), "name": "e_1"})]
     assert len(compare_indexes("db.c", src_plain, plain, {}, notes)) == 1
+
+
+def test_the_index_that_supports_the_destinations_shard_key_is_a_note() -> None:
+    src: list[dict[str, Any]] = []
+    shard_index = comparable_index(
+        {"v": 2, "key": SON([("region", 1), ("customer", 1)]), "name": "region_1_customer_1"}
+    )
+    notes: list[str] = []
+    key = [("region", 1), ("customer", 1)]
+    assert compare_indexes("db.orders", src, [shard_index], {}, notes, key) == []
+    assert len(notes) == 1 and "shard key" in notes[0]
+    # Another extra index is still a difference, and so is this one where the destination is not sharded on it.
+    assert len(compare_indexes("db.orders", src, [shard_index], {}, notes, [("region", 1)])) == 1
+    assert len(compare_indexes("db.orders", src, [shard_index], {})) == 1
