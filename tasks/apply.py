@@ -33,6 +33,7 @@ from tasks.ddl import (
     index_for_sync,
     park_collection_ttl,
 )
+from tasks.emptyts import any_empty_ts, write_keeping_empty_ts
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError, classify
 from tasks.idkey import id_key, same_bytes
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
@@ -298,7 +299,9 @@ class Applier:
             if resets:  # the old byte form of a value-equal _id goes first (see Write.reset)
                 self._bulk(c, ns, resets, ordered=False)
             mode = self._serial.get(ns, "")
-            if mode in ("collation", "sharded"):
+            if any_empty_ts([w.doc for w in ws if w.doc is not None]):
+                self._write_keeping_empty_ts(c, ns, ws, mode)
+            elif mode in ("collation", "sharded"):
                 # Under a collation two _id strings can be one document, and a replacement whose _id differs
                 # in bytes from the stored one is refused (ImmutableField, 66: object_replace_executor.cpp
                 # compares without the collation); through mongos see write_mode: delete, then insert.
@@ -307,13 +310,28 @@ class Applier:
                     for w in ws
                     for op in (DeleteOne({"_id": w.id_value}), *([InsertOne(w.doc)] if w.doc is not None else []))
                 ]
+                self._bulk(c, ns, ops, ordered=True)
             else:
-                ops = [self._op(w) for w in ws]
-            self._bulk(c, ns, ops, ordered=bool(mode))
+                self._bulk(c, ns, [self._op(w) for w in ws], ordered=bool(mode))
             n_del = sum(1 for w in ws if w.doc is None)
             dels += n_del
             ups += len(ws) - n_del
         return ups, dels
+
+    def _write_keeping_empty_ts(self, c: Any, ns: str, ws: list[Write], mode: str) -> None:
+        """The writes of one namespace, in order, one command each with bypassEmptyTsReplacement: some hold a
+        top-level Timestamp(0, 0) that a bulk write would let the server replace (tasks/emptyts.py)."""
+        for w in ws:
+            if self.halt is not None:
+                raise self.halt
+            try:
+                if w.doc is None or mode in ("collation", "sharded") or w.reset:
+                    write_keeping_empty_ts(c, ns, "delete", w.id_value, None)
+                if w.doc is not None:
+                    kind = "insert" if mode in ("collation", "sharded") or w.reset else "upsert"
+                    write_keeping_empty_ts(c, ns, kind, w.id_value, w.doc)
+            except BulkWriteError as exc:
+                self._raise_rejected(ns, [DeleteOne({"_id": w.id_value})], exc)
 
     @staticmethod
     def _op(w: Write) -> DeleteOne | ReplaceOne[Any]:

@@ -23,6 +23,7 @@ from tasks.catalog import CollectionSpec, Unsupported, estimated_docs, list_spec
 from tasks.concurrency import WriteGate
 from tasks.config import MigrationConfig
 from tasks.ddl import IndexChange, book_changes, build_indexes, create_collection, create_views
+from tasks.emptyts import any_empty_ts, insert_keeping_empty_ts
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError
 from tasks.metadata import MetadataStore
 from tasks.mongo import DATA_WRITE_CONCERN, RAW, latest_optime
@@ -286,7 +287,10 @@ class Cloner:
     @staticmethod
     def _insert(coll: Any, ns: str, batch: list[RawBSONDocument]) -> None:
         try:
-            coll.insert_many(batch, ordered=False, bypass_document_validation=True)
+            if any_empty_ts(batch):  # rare: a top-level Timestamp(0, 0) the server would replace (tasks/emptyts.py)
+                insert_keeping_empty_ts(coll, ns, batch, ordered=False)
+            else:
+                coll.insert_many(batch, ordered=False, bypass_document_validation=True)
         except BulkWriteError as exc:
             real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
             if real:

@@ -148,6 +148,24 @@ def seed_writer_data(client: MongoClient[Any], db: str) -> None:
     client[db]["uniq"].create_index("email", unique=True)
 
 
+class CommandLog(monitoring.CommandListener):
+    """The commands of one name a client sent (their fields, without the driver's own)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.commands: list[dict[str, Any]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == self.name:
+            self.commands.append({k: v for k, v in event.command.items() if not k.startswith(("$", "lsid"))})
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 class CommandFailures(monitoring.CommandListener):
     """Counts, per command name, what a client saw go wrong: error replies, dropped connections,
     and write concern errors (a reply that is ok but carries ``writeConcernError``)."""

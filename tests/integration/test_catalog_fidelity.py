@@ -16,7 +16,7 @@ import pytest
 from bson import Int64, Timestamp, encode
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient
 
 from tasks.apply import Applier, ApplyStats
 from tasks.catalog import INDEX_NOISE
@@ -27,29 +27,12 @@ from tasks.migration import Migration
 from tasks.mongo import latest_optime
 from tasks.namespaces import Namespace, NamespaceFilter
 from tests.conftest import BACKEND, Deployment, requires_secantus
-from tests.helpers import assert_same_data, fail_command, make_config
+from tests.helpers import CommandLog, assert_same_data, fail_command, make_config
 
 pytestmark = pytest.mark.integration
 
 RAWC = CodecOptions(document_class=RawBSONDocument)
 EQUAL = lambda doc: {"equal": True}  # noqa: E731 - the tests compare the catalogs themselves
-
-
-class CommandLog(monitoring.CommandListener):
-    """The commands of one name a client sent (their fields, without the driver's own)."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.commands = name, []  # type: tuple[str, list[dict[str, Any]]]
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == self.name:
-            self.commands.append({k: v for k, v in event.command.items() if not k.startswith(("$", "lsid"))})
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
 
 
 def raw_indexes(client: MongoClient[Any], db: str, coll: str) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,7 @@ from tasks.migration import Migration
 from tasks.mongo import USER_WRITE_FILTER, latest_optime
 from tasks.namespaces import NamespaceFilter
 from tests.conftest import Deployment, requires_secantus
-from tests.helpers import assert_same_data, fail_command, make_config, wait_until
+from tests.helpers import CommandLog, assert_same_data, fail_command, make_config, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -285,4 +285,29 @@ def test_a_collated_collection_is_written_delete_then_insert_in_order(
         db["names"].replace_one({"_id": "Bob"}, {"_id": "Bob", "replaced": True})
         db["names"].delete_one({"_id": "carol"})
         _drain(m, src_client)
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_a_top_level_empty_timestamp_is_written_so_the_destination_keeps_it(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    """MongoDB replaces a top-level Timestamp(0, 0) on insert and on a replacement upsert with the current time
+    (jstests core/empty_ts); such documents are written with bypassEmptyTsReplacement (jstests
+    bypass_empty_ts_replacement.js).  SecantusDB never replaces it: the commands sent are what is checked."""
+    coll = src_client[dbname]["c"]
+    coll.insert_many([{"_id": 1, "ts": Timestamp(0, 0)}, {"_id": 2, "ts": Timestamp(5, 1)}])
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    inserts, updates = CommandLog("insert"), CommandLog("update")
+    with pair[1].client(event_listeners=[inserts, updates]) as dst, Migration(cfg, src_client, dst) as m:
+        m.begin()
+        m.clone()
+        coll.update_one({"_id": 2}, {"$set": {"ts": Timestamp(0, 0)}})  # an update event whose document has one
+        coll.insert_one({"_id": 3, "x": 1})
+        _drain(m, src_client)
+    keeping = [c for c in inserts.commands + updates.commands if c.get("bypassEmptyTsReplacement")]
+    assert {c.get("insert") or c.get("update") for c in keeping} == {"c"}
+    assert len([c for c in keeping if "insert" in c]) == 1 and len([c for c in keeping if "update" in c]) == 1
+    assert not any(
+        c.get("bypassEmptyTsReplacement") for c in inserts.commands if c.get("documents", [{}])[0].get("_id") == 3
+    )
     assert_same_data(src_client, dst_client, [dbname])
