@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bson import encode
@@ -75,6 +78,27 @@ def assert_same_data(src: MongoClient[Any], dst: MongoClient[Any], dbs: list[str
             )
             n += len(a)
     return n
+
+
+def drain(m: Any, src: MongoClient[Any], timeout: float = 60.0) -> None:
+    """Start (or keep) the migration's sync and wait until it has applied the source's latest write."""
+    from tasks.mongo import latest_optime
+
+    target = latest_optime(src)
+    runner = m.start_sync()
+    assert runner.wait(lambda st: runner.applied_through(target), timeout), "sync did not drain"
+
+
+def spawn_migrator(cfg: Any, mode: str) -> subprocess.Popen[str]:
+    """tests/migrator_proc.py in its own process (stdout and stderr piped, text)."""
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.migrator_proc", str(cfg), mode],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:

@@ -24,10 +24,10 @@ from tasks.config import NamespaceRules
 from tasks.ddl import TTL_PARKED_SECONDS, IndexChange, book_changes, converge_options, restore_indexes
 from tasks.errors import TerminalError
 from tasks.migration import Migration
-from tasks.mongo import latest_optime
 from tasks.namespaces import Namespace, NamespaceFilter
+from tasks.state import Phase
 from tests.conftest import BACKEND, Deployment, requires_secantus
-from tests.helpers import CommandLog, assert_same_data, fail_command, make_config
+from tests.helpers import CommandLog, assert_same_data, drain, fail_command, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -77,12 +77,10 @@ def test_index_changes_in_one_batch_are_booked_in_order_and_restored_exactly(
         db.drop_collection("gone")
         db["gone"].insert_many([{"_id": 1, "u": 1}, {"_id": 2, "u": 1}])  # duplicates: must stay possible
         db["gone"].create_index("u", name="u_1")
-        target = latest_optime(src_client)
-        runner = m.start_sync()
-        assert runner.wait(lambda st: runner.applied_through(target), 60)
+        drain(m, src_client)
         book = {(r["ns"].split(".", 1)[1], r["name"]): r for r in m.store.load(m.name).index_restores}
         assert book == {("c", "t_1"): {"ns": f"{dbname}.c", "name": "t_1", "expireAfterSeconds": 9}}
-        assert runner.wait(lambda st: st.ready, 30)
+        assert m.wait_ready(30)
         result = m.cutover("oncall", "catalog", EQUAL)
         assert result.phase.value == "complete"
     for coll in ("c", "gone"):
@@ -133,10 +131,8 @@ def test_a_collection_created_during_the_clone_keeps_its_options(
         db["born"].create_index("a")
         cloner.run()
         cloner.finish()
-        m.store.set_phase(m.name, m.store.load(m.name).phase.SYNCING)
-        target = latest_optime(src_client)
-        runner = m.start_sync()
-        assert runner.wait(lambda st: runner.applied_through(target), 60)
+        m.store.set_phase(m.name, Phase.SYNCING)
+        drain(m, src_client)
     assert raw_options(dst_client, dbname)["born"] == raw_options(src_client, dbname)["born"]
     assert raw_indexes(dst_client, dbname, "born") == raw_indexes(src_client, dbname, "born")
     assert_same_data(src_client, dst_client, [dbname])
@@ -227,10 +223,8 @@ def test_a_rename_while_the_collection_is_being_copied_copies_it_afresh(
         src["a"].rename("b")  # after the plan, before the copy: the copy of `a` finds nothing
         cloner.run()
         cloner.finish()
-        m.store.set_phase(m.name, m.store.load(m.name).phase.SYNCING)
-        target = latest_optime(src_client)
-        runner = m.start_sync()
-        assert runner.wait(lambda st: runner.applied_through(target), 60)
+        m.store.set_phase(m.name, Phase.SYNCING)
+        drain(m, src_client)
     assert dst_client[dbname]["b"].count_documents({}) == 500
     assert_same_data(src_client, dst_client, [dbname])
 

@@ -27,17 +27,11 @@ from tasks.migration import Migration
 from tasks.mongo import USER_WRITE_FILTER, latest_optime
 from tasks.namespaces import NamespaceFilter
 from tests.conftest import Deployment, requires_secantus
-from tests.helpers import CommandLog, assert_same_data, fail_command, make_config, wait_until
+from tests.helpers import CommandLog, assert_same_data, drain, fail_command, make_config, wait_until
 
 pytestmark = pytest.mark.integration
 
 EQUAL = lambda doc: {"equal": True}  # noqa: E731 - the tests compare the clusters themselves, byte for byte
-
-
-def _drain(m: Migration, src: MongoClient[Any]) -> None:
-    target = latest_optime(src)
-    runner = m.start_sync()
-    assert runner.wait(lambda st: runner.applied_through(target), 60), "sync did not drain"
 
 
 def test_a_transaction_larger_than_a_batch_is_drained_whole_before_the_cutover(
@@ -151,7 +145,7 @@ def test_value_equal_ids_are_one_document(
         coll.delete_one({"_id": 5.0})  # inserted then deleted under another number type: gone
         coll.delete_one({"_id": {"k": 4.0}})
         coll.insert_one({"_id": {"k": Int64(4)}, "t": "object with a long"})
-        _drain(m, src_client)
+        drain(m, src_client)
     assert dst_client[dbname]["c"].count_documents({}) == 4
     assert_same_data(src_client, dst_client, [dbname])
 
@@ -171,7 +165,7 @@ def test_capped_collection_is_applied_in_insertion_order(
         m.clone()
         for i in range(200):  # one batch, spread over every lane by _id if the order were not kept
             src_client[dbname]["log"].insert_one({"_id": f"e{i:03d}", "i": i})
-        _drain(m, src_client)
+        drain(m, src_client)
     assert _natural_ids(dst_client, dbname) == _natural_ids(src_client, dbname)
     assert_same_data(src_client, dst_client, [dbname])
 
@@ -189,7 +183,7 @@ def test_capped_position_lost_during_the_clone_copies_that_collection_again(
         with fail_command(src_client, {"times": 1}, **error):
             stats = m.clone()
         assert stats.docs >= 3000
-        _drain(m, src_client)
+        drain(m, src_client)
     assert _natural_ids(dst_client, dbname) == _natural_ids(src_client, dbname)
     assert_same_data(src_client, dst_client, [dbname])
 
@@ -218,7 +212,7 @@ def test_lag_keeps_growing_while_an_index_build_blocks_the_apply(
             assert not runner.state.ready, "still 'ready to cut over' while the apply is blocked"
             assert wait_until(lambda: not m.store.load(m.name).lag.ready, 5), "describe still says ready"
         assert runner.wait(lambda st: st.ready, 30), "ready again once the build finished"
-        _drain(m, src_client)
+        drain(m, src_client)
     assert_same_data(src_client, dst_client, [dbname])
 
 
@@ -236,7 +230,7 @@ def test_an_update_event_over_16_mb_arrives_split_and_is_joined(
         assert runner.wait(lambda st: st.ready, 30)
         coll.update_one({"_id": 1}, {"$set": {"a": "y" * (8 << 20)}})
         coll.insert_one({"_id": 2, "after": True})
-        _drain(m, src_client)
+        drain(m, src_client)
         assert runner._split is True
     raw = CodecOptions(document_class=RawBSONDocument)
     got = dst_client[dbname].get_collection("big", codec_options=raw).find_one({"_id": 1})
@@ -284,7 +278,7 @@ def test_a_collated_collection_is_written_delete_then_insert_in_order(
         db["names"].insert_one({"_id": "ann", "n": 3})
         db["names"].replace_one({"_id": "Bob"}, {"_id": "Bob", "replaced": True})
         db["names"].delete_one({"_id": "carol"})
-        _drain(m, src_client)
+        drain(m, src_client)
     assert_same_data(src_client, dst_client, [dbname])
 
 
@@ -303,7 +297,7 @@ def test_a_top_level_empty_timestamp_is_written_so_the_destination_keeps_it(
         m.clone()
         coll.update_one({"_id": 2}, {"$set": {"ts": Timestamp(0, 0)}})  # an update event whose document has one
         coll.insert_one({"_id": 3, "x": 1})
-        _drain(m, src_client)
+        drain(m, src_client)
     keeping = [c for c in inserts.commands + updates.commands if c.get("bypassEmptyTsReplacement")]
     assert {c.get("insert") or c.get("update") for c in keeping} == {"c"}
     assert len([c for c in keeping if "insert" in c]) == 1 and len([c for c in keeping if "update" in c]) == 1

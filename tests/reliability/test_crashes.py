@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tasks.metadata import MetadataStore
 from tasks.migration import Migration
 from tasks.state import PartitionStatus
 from tests.conftest import Deployment, requires_secantus
-from tests.helpers import Writer, assert_same_data, make_config, seed_writer_data, wait_until
+from tests.helpers import Writer, assert_same_data, make_config, seed_writer_data, spawn_migrator, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,16 +45,6 @@ def _cfg_file(tmp_path: Path, src_uri: str, dst_uri: str, db: str, **tuning: Any
     return p
 
 
-def _spawn(cfg: Path, mode: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.migrator_proc", str(cfg), mode],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_kill_9_during_clone_then_resume(
     pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str, tmp_path: Path
 ) -> None:
@@ -63,14 +52,14 @@ def test_kill_9_during_clone_then_resume(
     cfg = _cfg_file(tmp_path, pair[0].uri, pair[1].uri, dbname)
     name = f"crash-{dbname}"[:60]
     store = MetadataStore(dst_client)
-    proc = _spawn(cfg, "clone")
+    proc = spawn_migrator(cfg, "clone")
     assert wait_until(lambda: store.partitions.count_documents({"migration": name, "status": "done"}) >= 2, 60, 0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     done_before = {p["_id"] for p in store.partitions.find({"migration": name, "status": PartitionStatus.DONE.value})}
     total = store.partitions.count_documents({"migration": name})
     assert 0 < len(done_before) < total, "the kill did not land in the middle of the copy"
-    proc = _spawn(cfg, "drain")
+    proc = spawn_migrator(cfg, "drain")
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-2000:]
     for p in store.partitions.find({"_id": {"$in": list(done_before)}}):
@@ -83,7 +72,7 @@ def test_kill_9_during_sync_then_resume(
 ) -> None:
     src_client[dbname]["c"].insert_many([{"_id": i, "v": 0} for i in range(500)])
     cfg = _cfg_file(tmp_path, pair[0].uri, pair[1].uri, dbname)
-    proc = _spawn(cfg, "sync")
+    proc = spawn_migrator(cfg, "sync")
     assert proc.stdout is not None
     while "SYNCING" not in (line := proc.stdout.readline()):
         assert line, proc.stderr.read() if proc.stderr else "migrator exited"
@@ -94,7 +83,7 @@ def test_kill_9_during_sync_then_resume(
     proc.wait(10)
     src_client[dbname]["c"].delete_many({"_id": {"$gte": 400}})
     started = time.monotonic()
-    proc = _spawn(cfg, "drain")
+    proc = spawn_migrator(cfg, "drain")
     assert proc.stdout is not None
     while "BEGUN" not in (line := proc.stdout.readline()):
         assert line, proc.stderr.read() if proc.stderr else "migrator exited"

@@ -26,21 +26,11 @@ from tasks.metadata import LOCK_ID, LockHeartbeat, MetadataStore, process_owner
 from tasks.migration import Migration
 from tasks.state import Checkpoint
 from tests.conftest import Deployment
-from tests.helpers import assert_same_data, make_config, wait_until
+from tests.helpers import assert_same_data, make_config, spawn_migrator, wait_until
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 LIVEMIGRATE = str(Path(sys.executable).parent / "livemigrate")
-
-
-def _spawn(cfg: Path, mode: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.migrator_proc", str(cfg), mode],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_a_second_driver_is_refused_with_the_holder_named(
@@ -56,7 +46,7 @@ def test_a_second_driver_is_refused_with_the_holder_named(
     }
     cfg = tmp_path / "own.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    first = _spawn(cfg, "drain")
+    first = spawn_migrator(cfg, "drain")
     assert first.stdout is not None
     while "BEGUN" not in (line := first.stdout.readline()):
         assert line, first.stderr.read() if first.stderr else "the first migrator exited"
