@@ -12,7 +12,7 @@ by namespace and name, in the order the source changed it, so a drop and re-crea
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,15 +264,7 @@ def restore_index(dst: MongoClient[Any], r: Restore) -> bool:
     return True
 
 
-def restore_indexes(
-    dst: MongoClient[Any], restores: list[Restore], on_restored: Callable[[Restore], None] | None = None
-) -> list[str]:
-    """Restore every owed index in turn; ``on_restored`` records each one as it is done (so a resumed
-    cutover starts where it stopped).  Returns the indexes restored, as ``db.coll.name``."""
-    done = []
-    for r in restores:
-        if restore_index(dst, r):
-            done.append(f"{r['ns']}.{r['name']}")
-        if on_restored is not None:
-            on_restored(r)
-    return done
+def restore_indexes(dst: MongoClient[Any], restores: list[Restore]) -> list[str]:
+    """Restore every owed index in turn (the cutover itself strikes each off the book as it goes:
+    ``Migration._restore_indexes``).  Returns the indexes restored, as ``db.coll.name``."""
+    return [f"{r['ns']}.{r['name']}" for r in restores if restore_index(dst, r)]
