@@ -18,11 +18,10 @@ from typing import Any
 
 from bson import decode
 from bson.raw_bson import RawBSONDocument
-from bson.timestamp import Timestamp
 from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
-from tasks.catalog import collection_spec, comparable_options
+from tasks.catalog import collection_spec, comparable_options, unsupported_reason
 from tasks.concurrency import WriteGate
 from tasks.ddl import (
     IndexChange,
@@ -33,11 +32,12 @@ from tasks.ddl import (
     index_for_sync,
     park_collection_ttl,
 )
-from tasks.emptyts import any_empty_ts, write_keeping_empty_ts
+from tasks.emptyts import any_empty_ts, insert_keeping_empty_ts, write_keeping_empty_ts
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError, classify
 from tasks.idkey import id_key, same_bytes
 from tasks.mongo import DATA_WRITE_CONCERN, RAW
 from tasks.namespaces import Namespace, NamespaceFilter
+from tasks.sharding import shard_collection
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,13 @@ class Applier:
         nsfilter: NamespaceFilter,
         lanes: int = 4,
         source: MongoClient[Any] | None = None,
-        copied_through: Timestamp | None = None,
         excluded: frozenset[str] = frozenset(),
+        shard_entries: list[Any] | None = None,
+        supporting_indexes: bool = False,
     ) -> None:
         self.dst = dest
-        self.copied_through = copied_through  # the source's time by which every copy had ended (renames)
+        self.shard_entries = list(shard_entries or [])  # sharding.shardingEntries: for collections re-created
+        self.supporting_indexes = supporting_indexes
         self.excluded = excluded  # namespaces the clone reported unsupported and skipped: the sync skips them too
         self.src = source
         self.nsfilter = nsfilter
@@ -185,9 +187,7 @@ class Applier:
         db, coll = nsp
         if not coll:
             return self.nsfilter.db_in_scope(db)
-        if f"{db}.{coll}" in self.excluded or coll.startswith(QE_STATE_PREFIX):
-            return False
-        return self.nsfilter.matches(db, coll)
+        return self.in_scope_ns(Namespace(db, coll))
 
     def apply(self, events: list[Any], stats: ApplyStats) -> None:
         """Apply events in order: data events batched between DDL barriers."""
@@ -383,25 +383,26 @@ class Applier:
 
     # -- DDL ----------------------------------------------------------------
     def apply_rename(self, ev: Any, stats: ApplyStats) -> None:
-        """A rename (also how ``$out`` and mapReduce replace their target) as mongosync follows it.
+        """A rename (also how ``$out`` and mapReduce replace their target), followed by copying afresh.
 
         Shape (MongoDB 7.0/8.0 change events, ``rename``): ``ns`` is the old name, ``to`` (top level and in
         ``operationDescription``) the new one; ``dropTarget`` is there when a collection of that name was
         replaced, which gets no drop event of its own.
 
-        - Into the namespace filter from inside it, after every copy had ended (``copied_through``): the
-          destination's collection is complete, so it is renamed there too (dropTarget).
-        - Into the filter from outside it (a ``tmp.agg_out.*`` collection of ``$out`` under a narrow filter),
-          or while the copy of the old name may have missed documents: the new name is copied afresh from
-          the source; the events after the rename then converge it, as they converge the initial copy.
-        - Out of the filter: the old name is dropped on the destination.  Neither in it: ignored.
+        The old name is dropped on the destination and the new one copied from the source as it is now;
+        the events after the rename then converge it, as they converge the initial copy.  Renaming on the
+        destination instead would not be safe: an update read just before the rename looks its document
+        up under the old name, finds nothing and becomes a delete; a replay from a checkpoint taken before
+        the rename re-creates the old name from part of its events and the rename would put that part
+        over the whole.  A temporary or out-of-filter old name (``$out``'s ``tmp.agg_out.*``) is just a
+        source; a new name out of the filter only drops the old one.
         """
         if isinstance(ev, RawBSONDocument):
             ev = decode(ev.raw)
         db, coll = event_ns(ev) or ("", "")
         to = ev.get("to") or (ev.get("operationDescription") or {}).get("to") or {}
         old, new = Namespace(db, coll), Namespace(str(to.get("db", "")), str(to.get("coll", "")))
-        old_in, new_in = self.nsfilter.matches_ns(old), bool(new.coll) and self.nsfilter.matches_ns(new)
+        old_in, new_in = self.in_scope_ns(old), bool(new.coll) and self.in_scope_ns(new)
         if not old_in and not new_in:
             stats.skipped += 1
             return
@@ -409,24 +410,19 @@ class Applier:
         log.info("DDL rename %s -> %s", old, new)
         for ns in (old.full, new.full):
             self._serial.pop(ns, None)
-        when = ev.get("clusterTime")
-        if old_in and new_in and self.copied_through is not None and when is not None and when > self.copied_through:
-            try:
-                self.dst.admin.command({"renameCollection": old.full, "to": new.full, "dropTarget": True})
-                stats.index_changes.append(IndexChange("rename", old.full, fields={"to": new.full}))
-                return
-            except OperationFailure as exc:
-                if exc.code != 26:  # NamespaceNotFound: not there to rename; copied afresh below
-                    raise
         if old_in:
             self.dst[old.db].drop_collection(old.coll)
             stats.index_changes.append(IndexChange("drop_ns", old.full))
         if new_in:
             self._copy_anew(new, stats)
 
+    def in_scope_ns(self, ns: Namespace) -> bool:
+        return ns.full not in self.excluded and not ns.coll.startswith(QE_STATE_PREFIX) and self.nsfilter.matches_ns(ns)
+
     def _copy_anew(self, ns: Namespace, stats: ApplyStats) -> None:
-        """Replace the destination's ``ns`` with a copy of the source's as it is now: options, documents
-        (raw BSON), indexes in their sync-safe form.  Gone from the source again: only dropped here."""
+        """Replace the destination's ``ns`` with a copy of the source's as it is now: options (sharded again as
+        configured), documents (raw BSON, empty timestamps kept), indexes in their sync-safe form.  Gone from
+        the source again, or not migratable: only dropped here."""
         if self.src is None:
             raise TerminalError(f"{ns}: renamed into the migration's namespaces, and no source to copy it from")
         self.dst[ns.db].drop_collection(ns.coll)
@@ -434,10 +430,15 @@ class Applier:
         spec = collection_spec(self.src, ns)
         if spec is None:
             return
+        reason = unsupported_reason(spec.kind, spec.options)
+        if reason:
+            log.warning("%s: renamed into the migration's namespaces but not migrated: %s", ns, reason)
+            return
         if spec.is_view:
             create_views(self.dst, [spec])
             return
         stats.index_changes.extend(create_collection(self.dst, spec))
+        self._shard_again(ns)
         src_coll = self.src[ns.db].get_collection(ns.coll, codec_options=RAW)
         dst_coll = self.dst[ns.db].get_collection(ns.coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
         batch: list[RawBSONDocument] = []
@@ -446,14 +447,31 @@ class Applier:
             batch.append(doc)
             size += len(doc.raw)
             if size >= COPY_BATCH_BYTES:
-                self._bulk(dst_coll, ns.full, [InsertOne(d) for d in batch], ordered=True)
+                self._insert_copy(dst_coll, ns.full, batch)
                 stats.upserts += len(batch)
                 batch, size = [], 0
         if batch:
-            self._bulk(dst_coll, ns.full, [InsertOne(d) for d in batch], ordered=True)
+            self._insert_copy(dst_coll, ns.full, batch)
             stats.upserts += len(batch)
         stats.index_changes.extend(build_indexes(self.dst, ns, spec.indexes))
         log.info("%s copied afresh from the source after a rename into the migration's namespaces", ns)
+
+    def _insert_copy(self, coll: Any, ns: str, batch: list[RawBSONDocument]) -> None:
+        if any_empty_ts(batch):
+            if self.halt is not None:
+                raise self.halt
+            try:
+                insert_keeping_empty_ts(coll, ns, batch, ordered=True)
+            except BulkWriteError as exc:
+                self._raise_rejected(ns, [InsertOne(d) for d in batch], exc)
+        else:
+            self._bulk(coll, ns, [InsertOne(d) for d in batch], ordered=True)
+
+    def _shard_again(self, ns: Namespace) -> None:
+        """A collection (re-)created by the sync is sharded as the config asks, before any data arrives."""
+        entries = [e for e in self.shard_entries if f"{e.database}.{e.collection}" == ns.full]
+        if entries:
+            shard_collection(self.dst, entries, self.supporting_indexes)
 
     def apply_ddl(self, ev: Any, stats: ApplyStats) -> None:
         if isinstance(ev, RawBSONDocument):
@@ -507,7 +525,8 @@ class Applier:
                 if err.transient:  # an election or a network error: the sync retries from its checkpoint
                     raise err from None
                 raise TerminalError(f"{db}.{coll}: cannot apply create on the destination: {exc}") from None
-            converge_options(self.dst, ns, opts)
+            converge_options(self.dst, ns, opts, recreate=True)
+        self._shard_again(ns)
 
     def _source_index_specs(self, db: str, coll: str, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The source's current spec of each new index: some servers' events omit options (unique, TTL).

@@ -26,7 +26,7 @@ from tasks.ddl import IndexChange, book_changes, build_indexes, create_collectio
 from tasks.emptyts import any_empty_ts, insert_keeping_empty_ts
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError
 from tasks.metadata import MetadataStore
-from tasks.mongo import DATA_WRITE_CONCERN, RAW, latest_optime
+from tasks.mongo import DATA_WRITE_CONCERN, RAW
 from tasks.namespaces import Namespace, NamespaceFilter
 from tasks.partition import IdRange, plan_ranges
 from tasks.progress import ProgressSink, null_sink
@@ -312,9 +312,6 @@ class Cloner:
         first: building its indexes would otherwise create it implicitly, without them (its ``create``
         event comes later and finds it there).
         """
-        # Every partition is copied by now: a rename the source makes after this time finds the
-        # destination's collection complete (the sync renames it there instead of copying it again).
-        copied_through = latest_optime(self.src)
         specs, _ = list_specs(self.src, self.nsfilter)
         prepared = set(self.store.load(self.name).clone_namespaces)
         changes: list[IndexChange] = []
@@ -330,7 +327,6 @@ class Cloner:
             self.name,
             index_restores=restores,
             clone_finished_at=utcnow(),
-            copied_through={"t": copied_through.time, "i": copied_through.inc},
         )
         return restores
 

@@ -68,7 +68,6 @@ class IndexChange:
     ``set``: the index was (re)built; ``fields`` is all it owes now (empty: nothing).  ``modify``: a
     collMod changed what it owes (merged in).  ``drop``: the index is gone.  ``drop_ns`` / ``drop_db``:
     every index of a collection / database is gone (``ns`` is then the collection or the database).
-    ``rename``: the collection ``ns`` is now ``fields["to"]``, whose former indexes are gone.
     """
 
     kind: str
@@ -93,10 +92,6 @@ def book_changes(restores: Iterable[Restore], changes: Iterable[IndexChange]) ->
             book.pop(key, None)
         elif c.kind == "drop_ns":
             book = {k: v for k, v in book.items() if k[0] != c.ns}
-        elif c.kind == "rename":
-            to = str(c.fields["to"])
-            moved = {(to, k[1]): {**v, "ns": to} for k, v in book.items() if k[0] == c.ns}
-            book = {k: v for k, v in book.items() if k[0] not in (c.ns, to)} | moved
         elif c.kind == "drop_db":
             book = {k: v for k, v in book.items() if not k[0].startswith(f"{c.ns}.")}
         else:  # pragma: no cover - the kinds above are all there are
@@ -167,31 +162,37 @@ def create_collection(dst: MongoClient[Any], spec: CollectionSpec) -> list[Index
     return changes
 
 
-def converge_options(dst: MongoClient[Any], ns: Namespace, wanted: dict[str, Any]) -> None:
+def converge_options(dst: MongoClient[Any], ns: Namespace, wanted: dict[str, Any], *, recreate: bool = False) -> None:
     """Make an existing collection's options those of ``wanted``: collMod what it can change, else refuse.
 
     What collMod cannot change (capped, the default collation, a clustered index) must already be as
-    wanted; a difference there is a TerminalError naming the namespace and the option.  Sizes the server
-    rounds (a capped collection's ``size``) and bookkeeping (``idIndex``, ``uuid``) are not compared.
+    wanted; a difference there is a TerminalError naming the namespace and the option, unless
+    ``recreate``: for a ``create`` event, the collection is dropped and created as the event says (every
+    document of a collection created after the change stream's start point comes back through its own
+    events; a replayed create that a later drop and create supersede must not stop the sync).  Sizes the
+    server rounds (a capped collection's ``size``) and bookkeeping (``idIndex``, ``uuid``) are not compared.
     """
     info = next(iter(dst[ns.db].list_collections(filter={"name": ns.coll})), None)
     if info is None:
         dst[ns.db].create_collection(ns.coll, **wanted)
         return
     have = dict(info.get("options") or {})
-    for key in ("capped", "clusteredIndex", "timeseries"):
-        if bool(wanted.get(key)) != bool(have.get(key)):
-            raise TerminalError(
-                f"{ns}: exists on the destination with other options ({key}: {have.get(key)!r}, the source has "
-                f"{wanted.get(key)!r}), which collMod cannot change",
-                remedy="drop it on the destination (or exclude it) and restart the migration",
-            )
+    fixed = [k for k in ("capped", "clusteredIndex", "timeseries") if bool(wanted.get(k)) != bool(have.get(k))]
     want_coll, have_coll = dict(wanted.get("collation") or {}), dict(have.get("collation") or {})
     if any(have_coll.get(k) != v for k, v in want_coll.items()) or (
         not want_coll and have_coll.get("locale", "simple") != "simple"
     ):
+        fixed.append("collation")
+    if fixed and recreate:
+        log.warning("%s: re-created as its create event says (%s differed)", ns, ", ".join(fixed))
+        dst[ns.db].drop_collection(ns.coll)
+        dst[ns.db].create_collection(ns.coll, **wanted)
+        return
+    if fixed:
+        key = fixed[0]
         raise TerminalError(
-            f"{ns}: exists on the destination with another default collation, which collMod cannot change",
+            f"{ns}: exists on the destination with another {key} ({have.get(key)!r}; the source has "
+            f"{wanted.get(key)!r}), which collMod cannot change",
             remedy="drop it on the destination (or exclude it) and restart the migration",
         )
     cmd: dict[str, Any] = {}

@@ -75,15 +75,22 @@ def insert_keeping_empty_ts(coll: Any, ns: str, docs: list[RawBSONDocument], *, 
     chunk: list[RawBSONDocument] = []
     size = 0
     offset = 0
+    errors: list[dict[str, Any]] = []
+    concern: list[dict[str, Any]] = []
     for doc in [*docs, None]:
         if doc is not None and (not chunk or size + len(doc.raw) <= MAX_COMMAND_BYTES):
             chunk.append(doc)
             size += len(doc.raw)
             continue
         reply = _run(coll, ns, {"insert": coll.name, "documents": chunk, "ordered": ordered}, chunk[0]["_id"])
-        _raise_write_errors(reply, offset)
+        errors += [{**e, "index": int(e.get("index", 0)) + offset} for e in reply.get("writeErrors") or []]
+        concern += [reply["writeConcernError"]] if reply.get("writeConcernError") else []
+        if ordered and errors:
+            break  # an ordered insert stops at its first error, as insert_many does
         offset += len(chunk)
         chunk, size = ([doc], len(doc.raw)) if doc is not None else ([], 0)
+    if errors or concern:  # an unordered insert sends every chunk first, as insert_many does
+        raise BulkWriteError({"writeErrors": errors, "writeConcernErrors": concern})
 
 
 def write_keeping_empty_ts(coll: Any, ns: str, kind: str, _id: Any, doc: RawBSONDocument | None) -> None:

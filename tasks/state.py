@@ -101,7 +101,6 @@ class MigrationDoc(_Record):
     dropped_on_destination: list[str] = Field(default_factory=list)
     clone_started_at: dt.datetime | None = None
     clone_finished_at: dt.datetime | None = None
-    copied_through: dict[str, int] | None = None  # source optime {t, i} by which every copy had ended
     ready: bool = False
     ready_since: dt.datetime | None = None
     window_opens_at: dt.datetime | None = None

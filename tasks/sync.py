@@ -280,8 +280,9 @@ class SyncRunner:
             self.nsfilter,
             self.cfg.tuning.sync_lanes,
             source=self.src,
-            copied_through=ts_from(doc.copied_through),
             excluded=frozenset(u["ns"] for u in doc.unsupported),
+            shard_entries=list(self.cfg.sharding.shardingEntries),
+            supporting_indexes=self.cfg.sharding.createSupportingIndexes,
         )
         applier.halt = self.state.error  # aborted before it started
         self._applier = applier
@@ -294,6 +295,7 @@ class SyncRunner:
                 try:
                     self._follow(applier)
                 except (PyMongoError, LiveMigrateError) as exc:
+                    st.stats.index_changes = []  # the failed batch is replayed whole: it books its changes again
                     delay = self._budget.failed(exc)  # raises what is terminal, or past the budget
                     st.failures = self._budget.failures
                     st.reconnects += 1

@@ -17,6 +17,7 @@ from bson import Int64, Timestamp, encode
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
+from pymongo.errors import BulkWriteError
 
 from tasks.apply import Applier, ApplyStats
 from tasks.catalog import INDEX_NOISE
@@ -287,7 +288,6 @@ def test_out_replaces_its_target_as_mongodb_writes_it(
         NamespaceFilter.from_rules(NamespaceRules(include=rules)),
         lanes=2,
         source=src_client,
-        copied_through=Timestamp(t.time - 10, 1),
     )
     stats = ApplyStats()
     try:
@@ -361,3 +361,62 @@ def test_a_collmod_of_a_collection_ttl_is_booked_not_applied(dst_client: MongoCl
         {"ns": f"{dbname}.events", "name": "(collection)", "expireAfterSeconds": 7200}
     ]
     assert raw_options(dst_client, dbname)["events"]["expireAfterSeconds"] == TTL_PARKED_SECONDS
+
+
+def test_an_update_just_before_a_rename_is_not_lost(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    """The update's document is looked up under the old name after the rename: there it is gone, so the event
+    arrives without it (updateLookup, MongoDB 7.0/8.0) and becomes a delete.  Copying the new name afresh
+    brings the document back; a rename on the destination lost it.  Top-level empty timestamps survive."""
+    src = src_client[dbname]
+    src["old"].insert_many([{"_id": i, "v": 0, "ts": Timestamp(0, 0)} for i in range(20)])
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    inserts = CommandLog("insert")
+    with pair[1].client(event_listeners=[inserts]) as dst, Migration(cfg, src_client, dst) as m:
+        m.begin()
+        m.clone()
+        src["old"].update_one({"_id": 1}, {"$set": {"v": 1}})  # one batch with the rename: read after it
+        src["old"].rename("new")
+        drain(m, src_client)
+    assert dst_client[dbname]["new"].count_documents({}) == 20
+    assert any(c.get("bypassEmptyTsReplacement") and c.get("insert") == "new" for c in inserts.commands)
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_a_replayed_create_superseded_by_a_drop_and_create_does_not_stop_the_sync(
+    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+) -> None:
+    db = src_client[dbname]
+    db["first"].insert_one({"_id": 1})
+    cfg = make_config(pair[0].uri, pair[1].uri, dbname)
+    with Migration(cfg, src_client, dst_client) as m:
+        m.begin()
+        cloner = m.cloner()
+        cloner.prepare()
+        db.create_collection("x", capped=True, size=1 << 16)  # t0
+        db["x"].insert_one({"_id": "capped"})
+        db.drop_collection("x")
+        db.create_collection("x")  # t1: what the clone's finish finds and creates
+        db["x"].insert_one({"_id": "plain"})
+        cloner.run()
+        cloner.finish()
+        m.store.set_phase(m.name, Phase.SYNCING)
+        drain(m, src_client)  # the t0 create meets the t1 collection on the destination
+    assert raw_options(dst_client, dbname)["x"] == raw_options(src_client, dbname)["x"]
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_an_unordered_insert_keeping_empty_timestamps_sends_every_chunk(
+    dst_client: MongoClient, dbname: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.emptyts as emptyts
+
+    monkeypatch.setattr(emptyts, "MAX_COMMAND_BYTES", 200)  # a few documents a command
+    coll = dst_client[dbname].get_collection("c", codec_options=RAWC)
+    coll.insert_one({"_id": 0})
+    docs = [RawBSONDocument(encode({"_id": i, "ts": Timestamp(0, 0), "p": "x" * 40})) for i in range(12)]
+    with pytest.raises(BulkWriteError) as info:
+        emptyts.insert_keeping_empty_ts(coll, f"{dbname}.c", docs, ordered=False)
+    assert [e["index"] for e in info.value.details["writeErrors"]] == [0]  # _id 0 was there already
+    assert coll.count_documents({}) == 12
