@@ -32,7 +32,7 @@ from checks.verify_scan import Entry, PartitionOutcome, PartitionVerifier
 from tasks.catalog import CollectionSpec, list_specs
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, classify
-from tasks.mongo import RAW, connect_side
+from tasks.mongo import RAW, connect_side, is_mongos
 from tasks.namespaces import NamespaceFilter
 from tasks.partition import plan_ranges
 
@@ -206,7 +206,7 @@ def _catalog(
 def shard_keys(client: MongoClient[Any]) -> dict[str, list[tuple[str, Any]]]:
     """Each sharded collection's key, in order, when ``client`` is a mongos (else none)."""
     try:
-        if client.admin.command("hello").get("msg") != "isdbgrid":
+        if not is_mongos(client):
             return {}
         rows = client["config"]["collections"].find({"dropped": {"$ne": True}}, {"key": 1})
         return {str(r["_id"]): list(dict(r["key"]).items()) for r in rows if r.get("key")}

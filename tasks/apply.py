@@ -35,13 +35,14 @@ from tasks.ddl import (
 from tasks.emptyts import any_empty_ts, insert_keeping_empty_ts, write_keeping_empty_ts
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError, classify
 from tasks.idkey import id_key, same_bytes
-from tasks.mongo import DATA_WRITE_CONCERN, RAW
+from tasks.mongo import DATA_WRITE_CONCERN, RAW, is_mongos
 from tasks.namespaces import Namespace, NamespaceFilter
 from tasks.sharding import shard_collection
 
 log = logging.getLogger(__name__)
 
-SERIAL_MODES = frozenset({"capped", "collation"})
+SERIAL_MODES = frozenset({"capped", "collation"})  # every write, in source order
+REWRITE_MODES = frozenset({"collation", "sharded"})  # a replacement is written as delete then insert
 QE_STATE_PREFIX = "enxcol_."  # Queryable Encryption's state collections (enxcol_.<coll>.esc/.ecoc), server-managed
 COPY_BATCH_BYTES = 8 * 1024 * 1024  # a collection copied afresh after a rename goes in inserts of this size
 DATA_EVENTS = frozenset({"insert", "update", "replace", "delete"})
@@ -49,9 +50,7 @@ DDL_EVENTS = frozenset(
     {"create", "createIndexes", "dropIndexes", "drop", "dropDatabase", "modify", "rename", "invalidate"}
 )
 SHARDING_EVENTS = frozenset({"shardCollection", "reshardCollection", "refineCollectionShardKey"})
-IGNORED_EVENTS = frozenset(
-    {"shardCollection", "reshardCollection", "refineCollectionShardKey", "startIndexBuild", "abortIndexBuild"}
-)
+IGNORED_EVENTS = SHARDING_EVENTS | {"startIndexBuild", "abortIndexBuild"}
 
 
 @dataclass
@@ -258,7 +257,7 @@ class Applier:
         """The destination's shard key of ``ns`` (mongos only; a replica set has no config.collections entry)."""
         if self._mongos is None:
             try:
-                self._mongos = self.dst.admin.command("hello").get("msg") == "isdbgrid"
+                self._mongos = is_mongos(self.dst)
             except OperationFailure:
                 self._mongos = False
         if not self._mongos:
@@ -301,7 +300,7 @@ class Applier:
             mode = self._serial.get(ns, "")
             if any_empty_ts([w.doc for w in ws if w.doc is not None]):
                 self._write_keeping_empty_ts(c, ns, ws, mode)
-            elif mode in ("collation", "sharded"):
+            elif mode in REWRITE_MODES:
                 # Under a collation two _id strings can be one document, and a replacement whose _id differs
                 # in bytes from the stored one is refused (ImmutableField, 66: object_replace_executor.cpp
                 # compares without the collation); through mongos see write_mode: delete, then insert.
@@ -325,10 +324,10 @@ class Applier:
             if self.halt is not None:
                 raise self.halt
             try:
-                if w.doc is None or mode in ("collation", "sharded") or w.reset:
+                if w.doc is None or mode in REWRITE_MODES or w.reset:
                     write_keeping_empty_ts(c, ns, "delete", w.id_value, None)
                 if w.doc is not None:
-                    kind = "insert" if mode in ("collation", "sharded") or w.reset else "upsert"
+                    kind = "insert" if mode in REWRITE_MODES or w.reset else "upsert"
                     write_keeping_empty_ts(c, ns, kind, w.id_value, w.doc)
             except BulkWriteError as exc:
                 self._raise_rejected(ns, [DeleteOne({"_id": w.id_value})], exc)

@@ -26,7 +26,7 @@ from tasks.ddl import IndexChange, book_changes, build_indexes, create_collectio
 from tasks.emptyts import any_empty_ts, insert_keeping_empty_ts
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError
 from tasks.metadata import MetadataStore
-from tasks.mongo import DATA_WRITE_CONCERN, RAW
+from tasks.mongo import DATA_WRITE_CONCERN, RAW, is_mongos
 from tasks.namespaces import Namespace, NamespaceFilter
 from tasks.partition import IdRange, plan_ranges
 from tasks.progress import ProgressSink, null_sink
@@ -129,8 +129,7 @@ class Cloner:
         entries = self.cfg.sharding.shardingEntries
         if not entries:
             return
-        hello = self.dst.admin.command("hello")
-        if hello.get("msg") != "isdbgrid":
+        if not is_mongos(self.dst):
             raise TerminalError("sharding entries are configured but the destination is not a sharded cluster (mongos)")
         shard_collection(self.dst, entries, self.cfg.sharding.createSupportingIndexes)
 

@@ -142,6 +142,11 @@ USER_WRITE_FILTER: dict[str, Any] = {
 admin/config/local, but transactions and batched writes in admin.$cmd."""
 
 
+def is_mongos(client: MongoClient[Any]) -> bool:
+    """Whether ``client`` talks to a mongos (``hello`` answers ``msg: "isdbgrid"``, MongoDB manual "hello")."""
+    return bool(client.admin.command("hello").get("msg") == "isdbgrid")
+
+
 def latest_write(oplog: Any) -> Any:
     """The ``ts`` of the newest entry of ``oplog`` (a collection shaped like local.oplog.rs) that is a user write."""
     entry = oplog.find_one(USER_WRITE_FILTER, {"ts": 1}, sort=[("$natural", -1)])
@@ -176,6 +181,7 @@ __all__ = [
     "connect",
     "connect_side",
     "describe_endpoint",
+    "is_mongos",
     "latest_optime",
     "latest_write",
 ]

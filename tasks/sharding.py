@@ -13,6 +13,7 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
 from tasks.errors import TerminalError
+from tasks.mongo import is_mongos
 
 SIMPLE_COLLATION = {"locale": "simple"}
 
@@ -41,7 +42,7 @@ def shard_collection(dst: MongoClient[Any], entries: list[Any], supporting_index
 
 def balancer_stop(src: MongoClient[Any]) -> bool:
     """Stop a sharded source's balancer; True when it was stopped by us."""
-    if src.admin.command("hello").get("msg") != "isdbgrid":
+    if not is_mongos(src):
         return False
     src.admin.command({"balancerStop": 1})
     return True

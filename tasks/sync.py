@@ -48,7 +48,7 @@ from tasks.config import MigrationConfig
 from tasks.ddl import book_changes
 from tasks.errors import HistoryLostError, LiveMigrateError, TerminalError, TransientError, classify
 from tasks.metadata import MetadataStore
-from tasks.mongo import latest_optime
+from tasks.mongo import is_mongos, latest_optime
 from tasks.namespaces import NamespaceFilter
 from tasks.retry import RetryBudget
 from tasks.state import Checkpoint
@@ -287,7 +287,7 @@ class SyncRunner:
         applier.halt = self.state.error  # aborted before it started
         self._applier = applier
         try:
-            self._sharded = self.src.admin.command("hello").get("msg") == "isdbgrid"
+            self._sharded = is_mongos(self.src)
         except PyMongoError:
             self._sharded = True  # unknown: the cautious reading of high-water marks
         try:
