@@ -67,6 +67,7 @@ class NamespaceResult:
     index_diffs: list[dict[str, Any]] = field(default_factory=list)
     option_diffs: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    proof: dict[str, Any] | None = None  # incremental (cutover) mode: what was proven during the sync, and when
 
     @property
     def equal(self) -> bool:
@@ -117,6 +118,7 @@ class NamespaceResult:
             "indexes": list(self.index_diffs),
             "options": list(self.option_diffs),
             "notes": list(self.notes),
+            **({"proof": dict(self.proof)} if self.proof is not None else {}),
         }
 
 

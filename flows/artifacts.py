@@ -103,6 +103,38 @@ def status_markdown(d: dict[str, Any]) -> str:
         f"- **Cutover window left:** {left_s} (extensions: {win.get('extensions')})",
         f"- **Source:** {d['source']}  **Destination:** {d['destination']}",
     ]
+    lines += verification_lines(d)
     if d.get("warnings"):
         lines += ["", "**Warnings:**"] + [f"- {w}" for w in d["warnings"]]
     return "\n".join(lines)
+
+
+def verification_lines(d: dict[str, Any]) -> list[str]:
+    """The background verification and the downtime (estimated before, measured after the cutover)."""
+    lines: list[str] = []
+    cv = d.get("continuous_verification")
+    if cv:
+        lines.append(
+            f"- **Verified during the sync:** {cv.get('partitions_proven')}/{cv.get('partitions')} partitions"
+            f" ({cv.get('docs_proven')} documents), {cv.get('dirty_documents')} changed since, to re-read at the cutover"
+        )
+        if cv.get("differences"):
+            lines.append(
+                f"- **Differences (cutover refused until resolved, or choose a full verification):** {cv['differences']}"
+            )
+            lines += [f"  - `{x['ns']}` _id `{x['_id']}` ({x['kind']})" for x in cv.get("differing", [])[:10]]
+        if cv.get("error"):
+            lines.append(f"- **Verification paused:** {cv['error']}")
+    est = d.get("downtime_estimate")
+    if est and not d.get("downtime"):
+        parts = ", ".join(f"{k} {v:g} s" for k, v in est["parts"].items())
+        lines.append(
+            f"- **Downtime estimate:** {est['seconds']:g} s ({parts}; {est['final_verification']} verification)"
+        )
+    done = d.get("downtime")
+    if done:
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in done["parts"].items())
+        lines.append(
+            f"- **Downtime:** {done['seconds']:.2f} s ({parts}; {done.get('final_verification')} verification)"
+        )
+    return lines

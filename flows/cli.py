@@ -128,12 +128,30 @@ def cutover(
     approver: Annotated[str | None, typer.Option("--approver", help="Who approves (default: $USER).")] = None,
     reason: Annotated[str, typer.Option("--reason", help="Why, recorded with the decision.")] = "",
     yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
+    full_verification: Annotated[
+        bool,
+        typer.Option(
+            "--full-verification",
+            help="Verify both clusters whole inside the window (longer downtime); also accepted while the "
+            "continuous verification reports differences.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve the cutover of a migration that is ready (refused while the lag is too high)."""
     from flows.operate import decision_cli
 
-    raise typer.Exit(decision_cli(config, "cutover", approver=approver, reason=reason, yes=yes, as_json=as_json))
+    raise typer.Exit(
+        decision_cli(
+            config,
+            "cutover",
+            approver=approver,
+            reason=reason,
+            yes=yes,
+            as_json=as_json,
+            full_verification=full_verification,
+        )
+    )
 
 
 @app.command()

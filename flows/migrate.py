@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 CONFIRM_TEXT = "I confirm that I am ready to cut over the application to the destination cluster"
 POLL_SECONDS = 1
-SYNC_FAILED = "__sync_failed__"
-WINDOW_EXPIRED = "__window_expired__"
 
 
 class CutoverDecision(RunInput):
@@ -46,13 +44,20 @@ class CutoverDecision(RunInput):
     confirm: bool = Field(False, title=CONFIRM_TEXT, description="required for a cutover")
     approver: str = Field("", description="who decides (recorded with the decision)")
     reason: str = Field("", description="why (recorded with the decision)")
-
-
-def decision_input(action: str, approver: str, reason: str = "", confirm: bool = False) -> dict[str, Any]:
-    """The run_input the UI form sends; the CLI sends exactly this."""
-    return CutoverDecision(action=action, confirm=confirm, approver=approver, reason=reason).model_dump(
-        include={"action", "confirm", "approver", "reason"}
+    full_verification: bool = Field(
+        False,
+        title="Verify both clusters whole at the cutover",
+        description="longer downtime; required while the continuous verification reports differences",
     )
+
+
+def decision_input(
+    action: str, approver: str, reason: str = "", confirm: bool = False, full_verification: bool = False
+) -> dict[str, Any]:
+    """The run_input the UI form sends; the CLI sends exactly this."""
+    return CutoverDecision(
+        action=action, confirm=confirm, approver=approver, reason=reason, full_verification=full_verification
+    ).model_dump(include={"action", "confirm", "approver", "reason", "full_verification"})
 
 
 @task(name="prechecks", cache_policy=NONE)
@@ -110,12 +115,15 @@ def ready_stage(m: Migration) -> dict[str, Any]:
 
 @task(name="cutover", cache_policy=NONE)
 def cutover_stage(
-    m: Migration, approver: str, reason: str, report_dir: str | None, resume: bool = False
+    m: Migration,
+    approver: str,
+    reason: str,
+    report_dir: str | None,
+    resume: bool = False,
+    full_verification: bool = False,
 ) -> dict[str, Any]:
-    from checks.verify import run_verification
-
     def verify(doc: MigrationDoc) -> dict[str, Any]:
-        result = run_verification(m.cfg, report_dir=report_dir, pending_index_restores=doc.index_restores)
+        result = m.final_verification(doc, report_dir)
         summary: dict[str, Any] = result.to_dict()
         summary["equal"] = bool(result.equal)
         try:
@@ -124,13 +132,17 @@ def cutover_stage(
             log.debug("verification table artifact: %s", exc)
         return summary
 
-    res = m.resume_cutover(verify) if resume else m.cutover(approver, reason, verify)
+    if resume:
+        res = m.resume_cutover(verify)
+    else:
+        res = m.cutover(approver, reason, verify, full_verification=full_verification)
     return {
         "phase": res.phase.value,
         "destination_ready_at": res.destination_ready_at.isoformat() if res.destination_ready_at else None,
         "completed_at": res.completed_at.isoformat() if res.completed_at else None,
         "warnings": res.warnings,
         "verification_equal": (res.verification or {}).get("equal"),
+        "downtime": res.downtime,
     }
 
 
@@ -140,11 +152,14 @@ class DecisionRelay:
     Why: `livemigrate cutover` may run where the Prefect API of this flow run is
     not reachable (an ephemeral server); the flow process always is, so it
     relays the request through Prefect's API with the same input the form sends.
-    It also wakes the pause when the sync fails, so the error is not hidden.
+    It also wakes the pause when the sync fails or the window closes, so the
+    error is not hidden; :attr:`signal` then says which, and the flow acts on
+    that, never on what the input it resumed with says.
     """
 
     def __init__(self, m: Migration, flow_run_id: str) -> None:
         self.m, self.flow_run_id = m, flow_run_id
+        self.signal: Literal["sync_failed", "window_expired"] | None = None
         self.paused = threading.Event()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="decision-relay", daemon=True)
@@ -166,10 +181,12 @@ class DecisionRelay:
                 pending: dict[str, Any] | None
                 left = self.m.window_left()
                 if runner is not None and runner.state.error is not None:
-                    pending = decision_input("cancel", "livemigrate", SYNC_FAILED)
+                    self.signal = "sync_failed"
+                    pending = decision_input("cancel", "livemigrate", "the sync stopped on an error")
                 elif left is not None and left <= 0:
                     # Resume ourselves when the window closes, so the run never sits in an expired pause.
-                    pending = decision_input("cancel", "livemigrate", WINDOW_EXPIRED)
+                    self.signal = "window_expired"
+                    pending = decision_input("cancel", "livemigrate", "the cutover window closed")
                 else:
                     pending = self.m.store.load(self.m.name).pending_decision
                 if not pending:
@@ -205,6 +222,23 @@ def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay) -> CutoverDe
         return None
     finally:
         relay.paused.clear()
+
+
+def _report_differences(m: Migration, found: list[dict[str, Any]]) -> None:
+    """Differences the continuous verification found: an event and an artifact at once, not at the cutover."""
+    lines = [f"- `{x['ns']}` _id `{x['_id']}`: {x['kind']}" for x in found[:50]]
+    markdown(
+        m.name,
+        "differences",
+        "### Differences found during the sync\n\nThese documents differ with no change in flight. The cutover "
+        "is refused until they are resolved, or a full verification is chosen.\n\n" + "\n".join(lines),
+        "continuous verification: differences",
+    )
+    emit_event(
+        "livemigrate.verification.difference",
+        resource={"prefect.resource.id": f"livemigrate.migration.{m.name}", "prefect.resource.name": m.name},
+        payload={"count": len(found), "differences": found[:50]},
+    )
 
 
 def publish_report(m: Migration, report_dir: str | None) -> str | None:
@@ -261,7 +295,14 @@ def migrate_flow(
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     m = Migration(cfg)
     metrics = Metrics()
-    m.on_tick = lambda st: metrics.sync_tick(cfg.name, st)
+
+    def tick(st: Any) -> None:
+        metrics.sync_tick(cfg.name, st)
+        if m.verifier is not None:
+            metrics.verification(cfg.name, m.verifier.status(), None)
+
+    m.on_tick = tick
+    m.on_difference = lambda found: _report_differences(m, found)
     if cfg.tuning.metrics_port is not None:
         _, port = metrics.serve(cfg.tuning.metrics_port)
         logger.info("Prometheus metrics on http://127.0.0.1:%s/metrics", port)
@@ -292,16 +333,29 @@ def migrate_flow(
             while True:
                 n += 1
                 decision = _pause_for_decision(m, n, relay)
-                if decision is None or decision.reason == WINDOW_EXPIRED:
+                if m.runner is not None and m.runner.state.error is not None:
+                    raise m.runner.state.error  # the sync failed while paused (the relay woke the pause)
+                if decision is None or relay.signal == "window_expired":
                     m.expire()
                     publish_report(m, report_dir)
                     d = describe(m.store, m.name)
                     markdown(m.name, "outcome", status_markdown(d) + f"\n\n**Expired.** {d['error']}", "window expired")
                     logger.warning("cutover window expired: the sync stopped")
                     return d
-                if decision.reason == SYNC_FAILED and m.runner is not None and m.runner.state.error is not None:
-                    raise m.runner.state.error
                 logger.info("decision: %s by %s", decision.action, decision.approver or "(unnamed)")
+                verdict = m.judge(
+                    decision.action,
+                    decision.approver,
+                    confirm=decision.confirm,
+                    full_verification=decision.full_verification,
+                )
+                if not verdict.accepted:
+                    m.record_decision(
+                        Decision(action=f"{decision.action}-refused", approver=decision.approver, reason=verdict.reason)
+                    )
+                    markdown(m.name, "decision", f"{decision.action.capitalize()} refused: {verdict.reason}.")
+                    logger.warning("%s refused: %s", decision.action, verdict.reason)
+                    continue
                 if decision.action == "extend":
                     m.extend(decision.approver, decision.reason)
                     markdown(
@@ -315,20 +369,21 @@ def migrate_flow(
                     publish_report(m, report_dir)
                     markdown(m.name, "decision", f"Migration cancelled by **{decision.approver}**: {decision.reason}")
                     return describe(m.store, m.name)
-                if not decision.confirm or not decision.approver.strip():
-                    why = (
-                        "the confirmation box was not ticked" if not decision.confirm else "no approver name was given"
-                    )
-                    m.record_decision(Decision(action="cutover-refused", approver=decision.approver, reason=why))
-                    markdown(m.name, "decision", f"Cutover refused: {why}.")
-                    continue
+                markdown(
+                    m.name,
+                    "decision",
+                    f"Cutover approved by **{decision.approver}**: {decision.reason}"
+                    + (" (full verification)" if decision.full_verification else ""),
+                )
                 try:
-                    m.check_cutover_allowed()
-                except CutoverRefused as exc:
+                    result = cutover_stage(
+                        m, decision.approver, decision.reason, report_dir, full_verification=decision.full_verification
+                    )
+                except CutoverRefused as exc:  # the numbers moved between the judgement and the cutover
                     m.record_decision(Decision(action="cutover-refused", approver=decision.approver, reason=str(exc)))
                     markdown(m.name, "decision", f"Cutover refused: {exc.one_line()}")
+                    logger.warning("cutover refused: %s", exc.one_line())
                     continue
-                result = cutover_stage(m, decision.approver, decision.reason, report_dir)
                 return _outcome(m, decision.approver, decision.reason, result, report_dir)
     except LiveMigrateError as exc:
         m.fail(exc)
@@ -337,6 +392,7 @@ def migrate_flow(
         doc = m.store.get(cfg.name)
         if doc is not None:
             metrics.phase(cfg.name, doc.phase.value)
+            metrics.downtime(cfg.name, doc.downtime)
         metrics.stop()
         m.close()
 

@@ -29,7 +29,6 @@ from tasks.metadata import MetadataStore
 from tasks.migration import describe
 from tasks.mongo import connect_side
 from tasks.shutdown import ShutdownRequested, graceful_shutdown
-from tasks.state import Phase
 
 log = logging.getLogger(__name__)
 out = Console(soft_wrap=True)
@@ -102,6 +101,27 @@ def describe_cli(config: Path, *, as_json: bool, name: str | None) -> int:
         ("last validation", json.dumps(d["last_validation"], default=str) if d["last_validation"] else "none"),
         ("error", d["error"] or ""),
     ]
+    cv = d.get("continuous_verification")
+    if cv:
+        rows.insert(
+            -1,
+            (
+                "verified during the sync",
+                f"{cv['partitions_proven']}/{cv['partitions']} partitions, {cv['docs_proven']} docs; "
+                f"{cv['dirty_documents']} changed since; differences: {cv['differences']}"
+                + (f" (paused: {cv['error']})" if cv.get("error") else ""),
+            ),
+        )
+        rows[-1:-1] = [("  differs", f"{x['ns']} _id {x['_id']} ({x['kind']})") for x in cv.get("differing", [])[:10]]
+    est, down = d.get("downtime_estimate"), d.get("downtime")
+    if down:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in down["parts"].items())
+        rows.insert(-1, ("downtime", f"{down['seconds']:.2f} s ({parts})"))
+    elif est:
+        parts = ", ".join(f"{k} {v:g}" for k, v in est["parts"].items())
+        rows.insert(
+            -1, ("downtime estimate", f"{est['seconds']:g} s ({parts}; {est['final_verification']} verification)")
+        )
     for k, v in rows:
         t.add_row(k, str(v))
     out.print(t)
@@ -141,8 +161,18 @@ def _resume_through_api(flow_run_id: str, payload: dict[str, Any]) -> bool:
 
 
 @cli_guard
-def decision_cli(config: Path, action: str, *, approver: str | None, reason: str, yes: bool, as_json: bool) -> int:
+def decision_cli(
+    config: Path,
+    action: str,
+    *,
+    approver: str | None,
+    reason: str,
+    yes: bool,
+    as_json: bool,
+    full_verification: bool = False,
+) -> int:
     from flows.migrate import CONFIRM_TEXT, decision_input
+    from tasks.migration import judge_decision
 
     cfg = load_resolved(config)
     who = approver or getpass.getuser()
@@ -157,26 +187,30 @@ def decision_cli(config: Path, action: str, *, approver: str | None, reason: str
                 (out if code == 0 else err).print(message)
             return code
 
-        if action == "cutover" and doc.phase in (Phase.CUTTING_OVER, Phase.COMPLETE):
-            return say("already", f"migration {cfg.name} is already {doc.phase.value}: nothing to do", EXIT_OK)
-        if doc.phase in (Phase.COMPLETE, Phase.CANCELLED, Phase.EXPIRED):
-            return say("refused", f"migration {cfg.name} has ended ({doc.phase.value})", EXIT_FAILED)
-        if action in ("cutover", "extend") and doc.phase != Phase.SYNCING:
-            return say(
-                "refused", f"{action} refused: migration {cfg.name} is {doc.phase.value}, not syncing", EXIT_FAILED
-            )
-        if action == "cutover":
-            lag = doc.lag.lag_seconds
-            if not doc.lag.ready or lag is None or lag > cfg.cutover.max_lag_seconds:
-                return say(
-                    "refused",
-                    f"cutover refused: lag is {lag if lag is not None else 'unknown'} s (max {cfg.cutover.max_lag_seconds:g} s)"
-                    + ("" if doc.lag.ready else "; the migration is not ready to cut over yet"),
-                    EXIT_FAILED,
-                )
-            if not yes and not (sys.stdin.isatty() and _confirm(CONFIRM_TEXT)):
-                return say("refused", "cutover not confirmed (pass --yes, or answer the prompt)", EXIT_FAILED)
-        payload = decision_input(action, who, reason, confirm=True)
+        differences = int((doc.continuous_verification or {}).get("differences") or 0)
+        # The same rules as the flow's form (tasks/migration.judge_decision), on the stored numbers;
+        # the flow judges again with its live ones when the decision reaches it.
+        verdict = judge_decision(
+            doc,
+            cfg,
+            action,
+            approver=who,
+            confirm=True,
+            lag=doc.lag.lag_seconds,
+            ready=doc.lag.ready,
+            full_verification=full_verification,
+            differences=differences,
+        )
+        if verdict.status == "already":
+            return say("already", verdict.reason, EXIT_OK)
+        if not verdict.accepted:
+            reason_text = verdict.reason
+            if not reason_text.startswith(action):
+                reason_text = f"{action} refused: {reason_text}"
+            return say("refused", reason_text, EXIT_FAILED)
+        if action == "cutover" and not yes and not (sys.stdin.isatty() and _confirm(CONFIRM_TEXT)):
+            return say("refused", "cutover not confirmed (pass --yes, or answer the prompt)", EXIT_FAILED)
+        payload = decision_input(action, who, reason, confirm=True, full_verification=full_verification)
         if _resume_through_api(doc.flow_run_id or "", payload):
             return say(
                 "sent", f"{action} sent to flow run {doc.flow_run_id} through the Prefect API (approver {who})", EXIT_OK

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from bson import decode
 from bson.raw_bson import RawBSONDocument
@@ -51,6 +51,16 @@ DDL_EVENTS = frozenset(
 )
 SHARDING_EVENTS = frozenset({"shardCollection", "reshardCollection", "refineCollectionShardKey"})
 IGNORED_EVENTS = SHARDING_EVENTS | {"startIndexBuild", "abortIndexBuild"}
+
+
+class ApplyObserver(Protocol):
+    """Told what the sync wrote, after it is written (checks/continuous.py's DirtySet)."""
+
+    def touched(self, ns: str, document_keys: list[Any]) -> None: ...
+
+    def reset(self, ns: str, why: str) -> None: ...
+
+    def reset_db(self, db: str, why: str) -> None: ...
 
 
 @dataclass
@@ -172,6 +182,7 @@ class Applier:
         self._serial: dict[str, str] = {}  # namespace -> "" or why it is written in source order (is_serial)
         self._mongos: bool | None = None  # the destination is a mongos (asked once)
         self.halt: Exception | None = None  # set when the migration must stop writing at once (lock lost)
+        self.observer: ApplyObserver | None = None  # told each document and namespace written, once written
         # How many lanes write at once is measured, not assumed (tasks/concurrency.py).
         self.gate = WriteGate(self.lanes, what="sync lanes", unit=("writes/s", 1.0))
 
@@ -191,6 +202,7 @@ class Applier:
     def apply(self, events: list[Any], stats: ApplyStats) -> None:
         """Apply events in order: data events batched between DDL barriers."""
         pending = WriteSet()
+        keys: dict[str, list[Any]] = {}  # documentKey per namespace, for the observer
         for ev in events:
             op = ev["operationType"]
             if op in DATA_EVENTS:
@@ -199,6 +211,8 @@ class Applier:
                     continue
                 w = data_write(ev)
                 pending.add(w, serial=self.is_serial(w.ns))
+                if self.observer is not None:
+                    keys.setdefault(w.ns, []).append(ev["documentKey"])
                 continue
             if op in IGNORED_EVENTS:
                 if op in SHARDING_EVENTS and self.in_scope(ev):
@@ -208,17 +222,42 @@ class Applier:
                 continue
             if op == "rename":
                 self.flush(pending, stats)
-                pending = WriteSet()
+                pending, keys = WriteSet(), self._observed(keys)
                 self.apply_rename(ev, stats)
+                self._observe_ddl(ev)
                 continue
             if op in DDL_EVENTS:
                 if not self.in_scope(ev):
                     stats.skipped += 1
                     continue
                 self.flush(pending, stats)
-                pending = WriteSet()
+                pending, keys = WriteSet(), self._observed(keys)
                 self.apply_ddl(ev, stats)
+                self._observe_ddl(ev)
         self.flush(pending, stats)
+        self._observed(keys)
+
+    def _observed(self, keys: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Tell the observer which documents the last flush wrote; returns a fresh map."""
+        if self.observer is not None:
+            for ns, ks in keys.items():
+                self.observer.touched(ns, ks)
+        return {}
+
+    def _observe_ddl(self, ev: Any) -> None:
+        """A DDL event that replaces a namespace's documents wholesale voids what was proven about them."""
+        if self.observer is None:
+            return
+        op = ev["operationType"]
+        db, coll = event_ns(ev) or ("", "")
+        if op == "dropDatabase":
+            self.observer.reset_db(db, "dropDatabase")
+        elif op in ("drop", "create"):
+            self.observer.reset(f"{db}.{coll}", op)
+        elif op == "rename":
+            to = ev.get("to") or (ev.get("operationDescription") or {}).get("to") or {}
+            self.observer.reset(f"{db}.{coll}", "renamed away")
+            self.observer.reset(f"{to.get('db', '')}.{to.get('coll', '')}", "renamed into, copied afresh")
 
     def is_serial(self, ns: str) -> bool:
         """Whether ``ns`` must be written in source order, every write: capped, or a non-simple collation."""

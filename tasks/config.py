@@ -122,6 +122,27 @@ class Cutover(_Strict):
     ready_after_seconds: float = Field(default=5.0, ge=0, description="lag must stay under max for this long")
     drain_timeout_seconds: float = Field(default=300.0, gt=0)
     quiesce_seconds: float = Field(default=2.0, ge=0, description="source optime must stay still this long")
+    final_verification: Literal["incremental", "full"] = Field(
+        default="incremental",
+        description="incremental: after the drain, re-read only what the sync changed since the background "
+        "verification proved it (checks/continuous.py); full: hash both clusters whole inside the window",
+    )
+
+
+class Verification(_Strict):
+    """The verification that runs in the background while the sync runs (checks/continuous.py)."""
+
+    continuous: bool = Field(default=True, description="prove partitions equal during the sync")
+    dirty_limit: int = Field(
+        default=200_000, ge=100, description="changed _ids remembered; past it a namespace is hashed again"
+    )
+    interval_seconds: float = Field(default=5.0, gt=0, description="pause between background rounds")
+    rehash_seconds: float | None = Field(
+        default=3600.0,
+        gt=0,
+        description="hash a proven partition again after this long, to find writes to the destination by "
+        "anything but the sync (null: never; the source is read again each time)",
+    )
 
 
 class Tuning(_Strict):
@@ -154,6 +175,7 @@ class MigrationConfig(_Strict):
     sharding: Sharding = Field(default_factory=Sharding)
     clear_destination: bool = False
     cutover: Cutover = Field(default_factory=Cutover)
+    verification: Verification = Field(default_factory=Verification)
     tuning: Tuning = Field(default_factory=Tuning)
     metadata_db: Literal["__livemigrate"] = "__livemigrate"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -78,6 +78,31 @@ class Metrics:
             ["migration", "phase"],
             registry=self.registry,
         )
+        self.downtime_seconds = Gauge(
+            "livemigrate_downtime_seconds",
+            "The cutover's downtime (writes stopped to destination ready): part=total, drain, final_checks, "
+            "index_restores, finalize, write_block, quiesce.",
+            ["migration", "part"],
+            registry=self.registry,
+        )
+        self.downtime_estimate_seconds = Gauge(
+            "livemigrate_downtime_estimate_seconds",
+            "What a cutover approved now would cost, by part (part=total for the sum).",
+            ["migration", "part"],
+            registry=self.registry,
+        )
+        self.verification_differences = Gauge(
+            "livemigrate_verification_differences",
+            "Documents the continuous verification found differing with no change in flight.",
+            ["migration"],
+            registry=self.registry,
+        )
+        self.verification_partitions_proven = Gauge(
+            "livemigrate_verification_partitions_proven",
+            "Partitions the continuous verification has proven equal in their current generation.",
+            ["migration"],
+            registry=self.registry,
+        )
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -92,6 +117,24 @@ class Metrics:
         lag = state.lag_seconds
         self.lag_seconds.labels(migration).set(float("nan") if lag is None else lag)
         self.events_per_second.labels(migration).set(state.events_per_second)
+
+    def verification(self, migration: str, status: dict[str, Any] | None, estimate: dict[str, Any] | None) -> None:
+        """The background verification's figures and the downtime estimate (from the migration record)."""
+        if status:
+            self.verification_differences.labels(migration).set(int(status.get("differences") or 0))
+            self.verification_partitions_proven.labels(migration).set(int(status.get("partitions_proven") or 0))
+        if estimate:
+            self.downtime_estimate_seconds.labels(migration, "total").set(float(estimate["seconds"]))
+            for part, secs in estimate["parts"].items():
+                self.downtime_estimate_seconds.labels(migration, part).set(float(secs))
+
+    def downtime(self, migration: str, downtime: dict[str, Any] | None) -> None:
+        """The measured downtime of the cutover, total and by part."""
+        if not downtime:
+            return
+        self.downtime_seconds.labels(migration, "total").set(float(downtime["seconds"]))
+        for part, secs in downtime["parts"].items():
+            self.downtime_seconds.labels(migration, part).set(float(secs))
 
     def phase(self, migration: str, phase: str) -> None:
         """Mark ``phase`` as current: 1 for it, 0 for every other known phase.

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
@@ -25,12 +25,16 @@ from tasks.ddl import Restore, restore_index
 from tasks.errors import LiveMigrateError, LockHeldError, PhaseError, TerminalError
 from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
 from tasks.mongo import connect_side, describe_endpoint, latest_optime
+from tasks.namespaces import NamespaceFilter
 from tasks.progress import ProgressSink, null_sink
 from tasks.retry import retry_transient
 from tasks.sharding import balancer_start, balancer_stop
 from tasks.state import ACTIVE, TERMINAL, Checkpoint, Decision, MigrationDoc, Phase, utcnow
 from tasks.sync import SyncRunner, fcv, open_start_point, ts_dict
 from tasks.timeline import Timeline
+
+if TYPE_CHECKING:
+    from checks.continuous import ContinuousVerifier
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,73 @@ class CutoverResult:
     warnings: list[str] = field(default_factory=list)
     verification: dict[str, Any] | None = None
     phase: Phase = Phase.CUTTING_OVER
+    downtime: dict[str, Any] | None = None
+
+
+ACTIONS = ("cutover", "extend", "cancel")
+
+
+@dataclass
+class Verdict:
+    """What :func:`judge_decision` says about a cutover, extend or cancel request."""
+
+    status: str  # accepted | refused | already
+    reason: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+
+def judge_decision(
+    doc: MigrationDoc,
+    cfg: MigrationConfig,
+    action: str,
+    *,
+    approver: str,
+    confirm: bool,
+    lag: float | None,
+    ready: bool | None,
+    full_verification: bool = False,
+    differences: int = 0,
+) -> Verdict:
+    """The one set of rules for accepting a decision, used by the flow's form and by `livemigrate cutover`.
+
+    ``lag`` and ``ready`` are the freshest known (the running sync's, or the stored record's); ``ready``
+    None means readiness is not required (an engine call).  ``differences``: documents the continuous
+    verification found differing with no change in flight; a cutover is refused while there are any,
+    unless the engineer asks for a full verification inside the window.
+    """
+    name = doc.id
+    if action not in ACTIONS:
+        return Verdict("refused", f"unknown action {action!r}: choose one of {', '.join(ACTIONS)}")
+    if action == "cutover" and doc.phase in (Phase.CUTTING_OVER, Phase.COMPLETE):
+        return Verdict("already", f"migration {name} is already {doc.phase.value}: nothing to do")
+    if doc.phase in TERMINAL:
+        return Verdict("refused", f"migration {name} has ended ({doc.phase.value})")
+    if action == "cancel":
+        return Verdict("accepted")
+    if doc.phase != Phase.SYNCING:
+        return Verdict("refused", f"{action} refused: migration {name} is {doc.phase.value}, not syncing")
+    if action == "extend":
+        return Verdict("accepted")
+    if not approver.strip():
+        return Verdict("refused", "no approver name was given")
+    if not confirm:
+        return Verdict("refused", "the confirmation box was not ticked")
+    limit = cfg.cutover.max_lag_seconds
+    if lag is None or lag > limit:
+        shown = "unknown" if lag is None else f"{lag:.1f} s"
+        return Verdict("refused", f"lag is {shown}, above max_lag_seconds {limit:g}")
+    if ready is False:
+        return Verdict("refused", f"not ready to cut over yet: the lag must stay under {limit:g} s for a while")
+    if differences and not full_verification:
+        return Verdict(
+            "refused",
+            f"the continuous verification found {differences} document(s) that differ with no change in flight "
+            "(see `livemigrate describe`): fix the destination, or choose a full verification at the cutover",
+        )
+    return Verdict("accepted")
 
 
 VerifyFn = Callable[[MigrationDoc], dict[str, Any]]
@@ -79,8 +150,15 @@ class Migration:
         self._cloner: Cloner | None = None
         self.lock_lost: LockHeldError | None = None
         self.timeline = Timeline(self.store, self.name)
+        self.verifier: ContinuousVerifier | None = None  # the background verification, once the sync is ready
+        self.on_difference: Callable[[list[dict[str, Any]]], None] | None = None  # e.g. a Prefect event
+        self._verifying = True  # the background verification may (re)start; cleared when a cutover begins
+        self._full_verification = False  # the approved cutover asked for a full verification
+        self._status_at = 0.0
 
     def close(self) -> None:
+        if self.verifier is not None:
+            self.verifier.close()
         if self.runner is not None:
             self.runner.stop()
         if self._heartbeat is not None:
@@ -209,12 +287,139 @@ class Migration:
 
             def tick(state: Any) -> None:
                 self.timeline.sync_sample(state)
+                if state.ready and self.verifier is not None and self._verifying and not self.verifier.running():
+                    self.verifier.start()  # the clone is done and the sync has caught up
                 if outer is not None:
                     outer(state)
 
-            self.runner = SyncRunner(self.cfg, self.src, self.dst, self.store, on_tick=tick, on_failure=self.fail)
+            verifier = self._continuous_verifier()
+            self.runner = SyncRunner(
+                self.cfg,
+                self.src,
+                self.dst,
+                self.store,
+                on_tick=tick,
+                on_failure=self.fail,
+                observer=verifier.dirty if verifier is not None else None,
+            )
             self.runner.start()
         return self.runner
+
+    # -- continuous verification ------------------------------------------------------
+    def _continuous_verifier(self) -> ContinuousVerifier | None:
+        if not self.cfg.verification.continuous:
+            return None
+        if self.verifier is None:
+            from checks.continuous import ContinuousVerifier
+
+            def wait_applied(target: Timestamp, timeout: float) -> bool:
+                runner = self.runner
+                if runner is None or not runner.alive():
+                    return False
+                try:
+                    return runner.wait(lambda st: runner.applied_through(target), timeout)
+                except LiveMigrateError:
+                    return False
+
+            v = self.cfg.verification
+            self.verifier = ContinuousVerifier(
+                self.src,
+                self.dst,
+                NamespaceFilter.from_rules(self.cfg.namespaces),
+                wait_applied,
+                dirty_limit=v.dirty_limit,
+                interval_seconds=v.interval_seconds,
+                rehash_seconds=v.rehash_seconds,
+                partition_docs=self.cfg.tuning.partition_docs,
+                partitioning=self.cfg.tuning.partitioning,
+                on_difference=self._differences_found,
+                on_progress=self._publish_verification,
+            )
+        return self.verifier
+
+    def _differences_found(self, found: list[dict[str, Any]]) -> None:
+        """Persistent differences: recorded (describe), warned, and handed to the flow (event, artifact)."""
+        first = found[0]
+        msg = (
+            f"continuous verification: {len(found)} document(s) differ with no change in flight, "
+            f"e.g. {first['ns']} _id {first['_id']} ({first['kind']}); the cutover is refused until they are "
+            "resolved or a full verification is chosen"
+        )
+        log.warning(msg)
+        self._publish_verification(force=True)
+        if self.on_difference is not None:
+            try:
+                self.on_difference(found)
+            except Exception as exc:  # noqa: BLE001 - notification is best effort
+                log.debug("difference notification failed: %s", exc)
+
+    def _publish_verification(self, force: bool = False) -> None:
+        """The background verification's status and the downtime estimate, in the record (at most every 2 s)."""
+        if self.verifier is None or (not force and time.monotonic() - self._status_at < 2.0):
+            return
+        self._status_at = time.monotonic()
+        try:
+            self.store.update(
+                self.name,
+                continuous_verification=self.verifier.status(),
+                downtime_estimate=self.downtime_estimate(),
+            )
+        except (PyMongoError, LiveMigrateError) as exc:
+            log.debug("verification status not stored: %s", exc)
+
+    def verification_differences(self) -> int:
+        """Persistent differences known now (the live verifier's, else the stored status's)."""
+        if self.verifier is not None:
+            return self.verifier.difference_count()
+        stored = self.store.load(self.name).continuous_verification or {}
+        return int(stored.get("differences") or 0)
+
+    def downtime_estimate(self) -> dict[str, Any]:
+        """What a cutover approved now would cost, by part, in seconds (shown before the approval)."""
+        doc = self.store.load(self.name)
+        clone = self.store.clone_summary(self.name)
+        docs = {ns: int(v.get("docs", 0)) for ns, v in clone.items()}
+        lag = self.runner.state.lag_seconds if self.runner is not None else doc.lag.lag_seconds
+        scan = (self.verifier.scan_docs_per_s if self.verifier else None) or 20_000.0
+        incremental = self.cfg.cutover.final_verification == "incremental" and self.verifier is not None
+        checks = (
+            self.verifier.estimate_final_seconds(docs) if incremental and self.verifier else sum(docs.values()) / scan
+        )
+        restores = sum((docs.get(r["ns"], 0) / scan if r.get("unique") else 0.0) + 0.05 for r in doc.index_restores)
+        parts = {
+            "drain": round((lag or 0.0) + 0.5, 1),
+            "final_checks": round(checks, 1),
+            "index_restores": round(restores, 1),
+            "finalize": 0.5,
+        }
+        return {
+            "seconds": round(sum(parts.values()), 1),
+            "parts": parts,
+            "final_verification": "incremental" if incremental else "full",
+            "if_writes_cannot_be_blocked": f"+{self.cfg.cutover.quiesce_seconds:g} s of watching the source stand still",
+            "at": utcnow().isoformat(),
+        }
+
+    def final_verification(self, doc: MigrationDoc, report_dir: str | None = None) -> Any:
+        """The cutover's verification (a VerifyResult): incremental when the background one ran, else full."""
+        from checks.verify import run_verification
+
+        v = self.verifier
+        if (
+            self.cfg.cutover.final_verification == "full"
+            or self._full_verification
+            or v is None
+            or v.started_at is None
+        ):
+            return run_verification(self.cfg, report_dir=report_dir, pending_index_restores=doc.index_restores)
+        result = v.final_check(doc.index_restores)
+        if report_dir is not None:
+            from pathlib import Path
+
+            from checks.gx_report import write_report
+
+            write_report(result, Path(report_dir))
+        return result
 
     def wait_ready(self, timeout: float) -> bool:
         runner = self.start_sync()
@@ -299,26 +504,57 @@ class Migration:
             log.warning("could not record the failure in the metadata store")
 
     # -- cutover ----------------------------------------------------------------
-    def check_cutover_allowed(self) -> MigrationDoc:
+    def judge(
+        self,
+        action: str,
+        approver: str,
+        *,
+        confirm: bool = True,
+        full_verification: bool = False,
+        require_ready: bool = True,
+    ) -> Verdict:
+        """:func:`judge_decision` with this process's live numbers (the running sync's lag and readiness)."""
         doc = self.store.load(self.name)
-        if doc.phase != Phase.SYNCING:
-            raise CutoverRefused(f"migration {self.name!r} is {doc.phase.value}, not syncing: no cutover")
-        lag = self.runner.state.lag_seconds if self.runner is not None else doc.lag.lag_seconds
-        if lag is None or lag > self.cfg.cutover.max_lag_seconds:
-            raise CutoverRefused(
-                f"cutover refused: lag is {'unknown' if lag is None else f'{lag:.1f}s'}, above max_lag_seconds "
-                f"{self.cfg.cutover.max_lag_seconds:g}",
-                remedy="wait until the lag is under the limit (livemigrate describe), then ask again",
-            )
-        return doc
-
-    def cutover(self, approver: str, reason: str, verify: VerifyFn) -> CutoverResult:
-        """Block writes (or watch them stop), drain to zero optime gap, verify, finalize."""
-        doc = self.check_cutover_allowed()
-        self.record_decision(
-            Decision(action="cutover", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds)
+        live = self.runner.state if self.runner is not None and self.runner.alive() else None
+        lag = live.lag_seconds if live is not None else doc.lag.lag_seconds
+        ready = (live.ready if live is not None else doc.lag.ready) if require_ready else None
+        return judge_decision(
+            doc,
+            self.cfg,
+            action,
+            approver=approver,
+            confirm=confirm,
+            lag=lag,
+            ready=ready,
+            full_verification=full_verification,
+            differences=self.verification_differences() if action == "cutover" else 0,
         )
-        self.store.set_phase(self.name, Phase.CUTTING_OVER)
+
+    def check_cutover_allowed(self, full_verification: bool = False) -> MigrationDoc:
+        verdict = self.judge("cutover", "engine", full_verification=full_verification, require_ready=False)
+        if verdict.status == "already" or not verdict.accepted:
+            raise CutoverRefused(
+                f"cutover refused: {verdict.reason}",
+                remedy="see `livemigrate describe` (lag, phase, verification), then ask again",
+            )
+        return self.store.load(self.name)
+
+    def cutover(
+        self, approver: str, reason: str, verify: VerifyFn, *, full_verification: bool = False
+    ) -> CutoverResult:
+        """Block writes (or watch them stop), drain to zero optime gap, verify, finalize."""
+        doc = self.check_cutover_allowed(full_verification)
+        self._full_verification = full_verification
+        estimate = self.downtime_estimate()
+        self.record_decision(
+            Decision(
+                action="cutover",
+                approver=approver,
+                reason=reason + (" (full verification chosen)" if full_verification else ""),
+                lag_seconds=doc.lag.lag_seconds,
+            )
+        )
+        self.store.set_phase(self.name, Phase.CUTTING_OVER, downtime_estimate=estimate)
         return self._finish_cutover(verify, already_blocked=False)
 
     def interrupted_cutover(self) -> Decision | None:
@@ -353,10 +589,18 @@ class Migration:
     def _finish_cutover(self, verify: VerifyFn, *, already_blocked: bool) -> CutoverResult:
         runner = self.start_sync()
         result = CutoverResult()
+        # Prepared before writes stop: the background verification ends its current partition (its proofs
+        # and the dirty set stay; the sync goes on recording what it writes until the drain ends).
+        self._verifying = False
+        if self.verifier is not None:
+            self.verifier.stop()
+        clock = _Stopwatch()
         try:
             blocked = already_blocked or self._block_writes()
+            clock.lap("write_block")
             if not blocked:
                 self._wait_source_quiet(result)
+                clock.lap("quiesce")
             target = latest_optime(self.src)
             drained = runner.wait(lambda st: runner.applied_through(target), self.cfg.cutover.drain_timeout_seconds)
             if not drained:
@@ -367,20 +611,30 @@ class Migration:
             runner.stop()
             if runner.state.error is not None:
                 raise runner.state.error
+            clock.lap("drain")
             self.timeline.sync_sample(runner.state, force=True)
             doc = self.store.load(self.name)
             summary = verify(doc)
             result.verification = summary
             self.store.update(self.name, last_verification=summary)
+            clock.lap("final_checks")
             if not summary.get("equal"):
                 raise TerminalError(
                     "final verification found differences between source and destination",
                     remedy="see the verification report; the migration is marked failed and nothing was finalized",
                 )
             self._restore_indexes(doc.index_restores)
+            clock.lap("index_restores")
             result.destination_ready_at = utcnow()
-            self.store.update(self.name, destination_ready_at=result.destination_ready_at)
-            log.info("destination ready to accept writes")
+            clock.lap("finalize")
+            result.downtime = clock.record(
+                result.destination_ready_at,
+                final_verification=str((summary.get("settings") or {}).get("mode") or "full"),
+                estimate=self.store.load(self.name).downtime_estimate,
+                blocked=blocked,
+            )
+            self.store.update(self.name, destination_ready_at=result.destination_ready_at, downtime=result.downtime)
+            log.info("destination ready to accept writes (downtime %.1f s)", result.downtime["seconds"])
             self._wind_down(doc, result.warnings)
             result.completed_at = utcnow()
             self.store.set_phase(self.name, Phase.COMPLETE, completed_at=result.completed_at)
@@ -462,6 +716,29 @@ class Migration:
         return describe(self.store, self.name)
 
 
+class _Stopwatch:
+    """The cutover's downtime, part by part: from the moment writes stop to "destination ready"."""
+
+    def __init__(self) -> None:
+        self.started_at = utcnow()
+        self.t0 = self.last = time.monotonic()
+        self.parts: dict[str, float] = {}
+
+    def lap(self, part: str) -> None:
+        now = time.monotonic()
+        self.parts[part] = round(self.parts.get(part, 0.0) + now - self.last, 3)
+        self.last = now
+
+    def record(self, ready_at: dt.datetime, **extra: Any) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at.isoformat(),
+            "destination_ready_at": ready_at.isoformat(),
+            "seconds": round(time.monotonic() - self.t0, 3),
+            "parts": dict(self.parts),
+            **extra,
+        }
+
+
 def _restore_step(dst: MongoClient[Any], r: Restore, _attempt: int) -> bool:
     return restore_index(dst, r)
 
@@ -501,6 +778,9 @@ def describe(store: MetadataStore, name: str | None) -> dict[str, Any]:
         "pending_index_restores": len(doc.index_restores),
         "last_validation": (doc.last_validation or {}).get("summary") if doc.last_validation else None,
         "last_verification": doc.last_verification,
+        "continuous_verification": doc.continuous_verification,
+        "downtime_estimate": doc.downtime_estimate,
+        "downtime": doc.downtime,
         "destination_ready_at": doc.destination_ready_at.isoformat() if doc.destination_ready_at else None,
         "completed_at": doc.completed_at.isoformat() if doc.completed_at else None,
         "error": doc.error,
@@ -508,4 +788,4 @@ def describe(store: MetadataStore, name: str | None) -> dict[str, Any]:
     }
 
 
-__all__ = ["CutoverRefused", "CutoverResult", "Migration", "PhaseError", "describe"]
+__all__ = ["CutoverRefused", "CutoverResult", "Migration", "PhaseError", "Verdict", "describe", "judge_decision"]

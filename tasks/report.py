@@ -144,6 +144,7 @@ def report_markdown(r: dict[str, Any]) -> str:
         f"- **Destination ready to accept writes:** {r['destination_ready_at'] or '-'}",
         f"- **Migration complete:** {r['completed_at'] or '-'}",
         f"- **Final verification:** {_verdict(r)}",
+        *_downtime_lines(r),
         "",
         "## Copy rate (documents per second)",
         "",
@@ -166,6 +167,37 @@ def report_markdown(r: dict[str, Any]) -> str:
     if r["error"]:
         lines += ["", "## Error", "", r["error"]]
     return "\n".join(lines) + "\n"
+
+
+def _downtime_lines(r: dict[str, Any]) -> list[str]:
+    """The cutover's downtime by part, the estimate shown at the approval, and what each namespace's proof was."""
+    down = r.get("downtime")
+    if not down:
+        return []
+    est = down.get("estimate") or {}
+    lines = [
+        "",
+        "## Downtime (writes stopped → destination ready)",
+        "",
+        f"- **Total:** {down['seconds']:.2f} s, from {down['started_at']} to {down['destination_ready_at']}"
+        + (f" (estimated {est['seconds']:g} s at the approval)" if est.get("seconds") is not None else ""),
+        f"- **Final verification:** {down.get('final_verification')}",
+    ]
+    lines += [f"- {part}: {secs:.2f} s" for part, secs in down["parts"].items()]
+    v = r.get("last_verification") or {}
+    proofs = [(n["ns"], n["proof"]) for n in v.get("namespaces", []) if n.get("proof")]
+    if proofs:
+        lines += [
+            "",
+            "| namespace | partitions proven during the sync | last proven | re-read at cutover |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{ns}` | {p['partitions'] - p['partitions_hashed_at_cutover']}/{p['partitions']} "
+            f"| {p['partitions_proven_until'] or '-'} | {p['documents_rechecked_at_cutover']} documents at {p['rechecked_at']} |"
+            for ns, p in proofs
+        ]
+    return lines
 
 
 def _verdict(r: dict[str, Any]) -> str:

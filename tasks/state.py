@@ -122,6 +122,9 @@ class MigrationDoc(_Record):
     write_blocked: bool = False
     fcv: dict[str, str | None] = Field(default_factory=dict)  # featureCompatibilityVersion of each side at begin
     fence: int = 0  # epoch of the destination lock held by the process that drives it (tasks/metadata.py)
+    continuous_verification: dict[str, Any] | None = None  # the background verification's status (checks/continuous.py)
+    downtime_estimate: dict[str, Any] | None = None  # what a cutover now would cost, by part (seconds)
+    downtime: dict[str, Any] | None = None  # what the cutover cost: writes stopped -> destination ready, by part
 
     def to_mongo(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="python")

@@ -43,7 +43,7 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import OperationFailure, PyMongoError
 from pymongo.synchronous.change_stream import ClusterChangeStream
 
-from tasks.apply import Applier
+from tasks.apply import Applier, ApplyObserver
 from tasks.config import MigrationConfig
 from tasks.ddl import book_changes
 from tasks.errors import HistoryLostError, LiveMigrateError, TerminalError, TransientError, classify
@@ -181,8 +181,10 @@ class SyncRunner:
         store: MetadataStore,
         on_tick: Callable[[SyncState], None] | None = None,
         on_failure: Callable[[LiveMigrateError], None] | None = None,
+        observer: ApplyObserver | None = None,
     ) -> None:
         self.cfg = config
+        self.observer = observer  # told what each applied batch wrote (continuous verification)
         self.name = config.name
         self.src = source
         self.dst = dest
@@ -285,6 +287,7 @@ class SyncRunner:
             supporting_indexes=self.cfg.sharding.createSupportingIndexes,
         )
         applier.halt = self.state.error  # aborted before it started
+        applier.observer = self.observer
         self._applier = applier
         try:
             self._sharded = is_mongos(self.src)
