@@ -34,6 +34,10 @@ class Sizes:
     flow_runs: int
     profile_docs: int  # documents the profiled hot paths process
     profile_events: int  # change events the profiled apply processes
+    downtime_docs: tuple[int, int] = (100_000, 1_000_000)  # the cutover's downtime at both sizes
+    downtime_rate: float = 200.0  # the writer's ops/s while the data is proven and after
+    downtime_after_proof_s: float = 20.0  # how long the writer goes on after the background pass
+    downtime_sync_seconds: float = 30.0  # the sync measured with the verification off, then on
 
     def override(self, env: dict[str, str] | None = None) -> Sizes:
         """A copy with every ``LIVEMIGRATE_BENCH_<FIELD>`` variable applied."""
@@ -86,6 +90,10 @@ SMOKE = Sizes(
     flow_runs=1,
     profile_docs=1_000,
     profile_events=1_000,
+    downtime_docs=(1_000, 3_000),
+    downtime_rate=50.0,
+    downtime_after_proof_s=1.0,
+    downtime_sync_seconds=2.0,
 )
 
 PRESETS = {"full": FULL, "smoke": SMOKE}

@@ -166,14 +166,24 @@ def _reader(stream: Any, out: queue.Queue[str]) -> None:
         out.put(line.rstrip("\n"))
 
 
-def level(sv: Servers, tmp: Path, rate: float, seed_docs: int, seconds: float, k: int) -> dict[str, Any]:
-    """One run of the writer at ``rate`` ops/s with the migrator following; the lag of every batch."""
+def level(
+    sv: Servers,
+    tmp: Path,
+    rate: float,
+    seed_docs: int,
+    seconds: float,
+    k: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One run of the writer at ``rate`` ops/s with the migrator following; the lag of every batch.
+
+    ``extra``: config sections laid over the benchmark's (e.g. ``{"verification": {...}}``)."""
     db, name = f"bench_sync_{k}", f"bench-sync-{k}"
     reset_destination(sv, db)
     drop_databases(sv.src, db)
     seed_live(sv.src, db, seed_docs, seed=21)
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config_dict(sv, name, db)))
+    path.write_text(yaml.safe_dump({**config_dict(sv, name, db), **(extra or {})}))
     errlog = (tmp / f"{name}.stderr").open("w")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "bench.engine_proc", str(path), "sync"],
