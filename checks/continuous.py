@@ -59,7 +59,7 @@ from checks.verify import _catalog, _NsState, _raw_coll
 from checks.verify_bson import digest, id_json, id_key
 from checks.verify_catalog import pending_map
 from checks.verify_result import VerifyResult
-from checks.verify_scan import Entry, PartitionVerifier, chunks, classify
+from checks.verify_scan import Entry, Interrupted, PartitionVerifier, chunks, classify
 from tasks.errors import LiveMigrateError
 from tasks.errors import classify as classify_error
 from tasks.mongo import latest_optime
@@ -256,13 +256,14 @@ class ContinuousVerifier:
         self.recheck_docs_per_s: float | None = None
         self._reported: set[tuple[str, bytes]] = set()
         self._stop = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # proofs are read by status() from other threads
         self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="cverify-side")
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._closed or (self._thread is not None and self._thread.is_alive()):
             return
         self.dirty.active = True
         self.started_at = self.started_at or now_utc()
@@ -281,6 +282,7 @@ class ContinuousVerifier:
             self._thread = None
 
     def close(self) -> None:
+        self._closed = True
         self.stop()
         self.dirty.active = False
         self._side_pool.shutdown(wait=False)
@@ -293,6 +295,8 @@ class ContinuousVerifier:
                 self.round()
                 self.error = None
                 delay = self.interval
+            except Interrupted:
+                return  # stopped mid-scan: that partition stays unproven
             except (PyMongoError, LiveMigrateError) as exc:
                 err = exc if isinstance(exc, LiveMigrateError) else classify_error(exc, "continuous verification")
                 self.error = err.one_line()
@@ -349,13 +353,16 @@ class ContinuousVerifier:
         return proof
 
     def _verifier(self, ns: str) -> PartitionVerifier:
-        return PartitionVerifier(
+        v = PartitionVerifier(
             _raw_coll(self.src, ns),
             _raw_coll(self.dst, ns),
             self._side_pool,
             batch_size=self.batch_size,
             ignore_field_order=False,
         )
+        if threading.current_thread() is self._thread:
+            v.stop = self._stop.is_set  # the background thread's scans end at the next batch when stopped
+        return v
 
     def _stale(self, part: PartProof) -> bool:
         """Proven long enough ago to prove again: what the dirty set cannot see (a write to the destination

@@ -10,7 +10,7 @@ maps (bounded by the partition size) to name each differing document.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,9 +45,20 @@ class PartitionOutcome:
     drilled: bool = False
 
 
-def iter_raw(coll: Collection[Any], flt: dict[str, Any], batch_size: int) -> Iterator[memoryview]:
-    """Each document of a query as a view into its raw batch: no per-document objects, no decoding."""
+class Interrupted(Exception):  # noqa: N818 - a request, not a failure
+    """A scan stopped between batches because its owner asked (the background verification at a cutover)."""
+
+
+def iter_raw(
+    coll: Collection[Any], flt: dict[str, Any], batch_size: int, stop: Callable[[], bool] | None = None
+) -> Iterator[memoryview]:
+    """Each document of a query as a view into its raw batch: no per-document objects, no decoding.
+
+    ``stop`` is asked between batches; when it says so the scan raises :class:`Interrupted`.
+    """
     for batch in coll.find_raw_batches(flt, batch_size=batch_size):
+        if stop is not None and stop():
+            raise Interrupted(coll.full_name)
         mv = memoryview(batch)
         pos, end = 0, len(batch)
         while pos < end:
@@ -56,20 +67,24 @@ def iter_raw(coll: Collection[Any], flt: dict[str, Any], batch_size: int) -> Ite
             pos += size
 
 
-def scan_hash(coll: Collection[Any], flt: dict[str, Any], batch_size: int) -> tuple[int, int]:
+def scan_hash(
+    coll: Collection[Any], flt: dict[str, Any], batch_size: int, stop: Callable[[], bool] | None = None
+) -> tuple[int, int]:
     """(documents, sum of digests mod 2**128) of one side of a partition."""
     count = total = 0
-    for doc in iter_raw(coll, flt, batch_size):
+    for doc in iter_raw(coll, flt, batch_size, stop):
         total += digest_int(digest(doc))
         count += 1
     return count, total % HASH_MOD
 
 
-def scan_map(coll: Collection[Any], flt: dict[str, Any], batch_size: int) -> tuple[dict[bytes, bytes], int, int]:
+def scan_map(
+    coll: Collection[Any], flt: dict[str, Any], batch_size: int, stop: Callable[[], bool] | None = None
+) -> tuple[dict[bytes, bytes], int, int]:
     """``{_id key: digest}`` for one side of a partition, with its count and hash sum."""
     out: dict[bytes, bytes] = {}
     total = 0
-    for doc in iter_raw(coll, flt, batch_size):
+    for doc in iter_raw(coll, flt, batch_size, stop):
         raw = bytes(doc)
         d = digest(raw)
         out[id_key(raw)] = d
@@ -123,12 +138,16 @@ class PartitionVerifier:
         self.src, self.dst, self.side_pool = src, dst, side_pool
         self.batch_size = batch_size
         self.ignore_field_order = ignore_field_order
+        self.stop: Callable[[], bool] | None = None  # asked between batches of a scan (see iter_raw)
 
     def verify(self, rng: IdRange) -> PartitionOutcome:
         """Hash the partition on both sides; drill down only when the figures differ."""
         flt = rng.filter()
-        fut = self.side_pool.submit(scan_hash, self.src, flt, self.batch_size)
-        dst_count, dst_sum = scan_hash(self.dst, flt, self.batch_size)
+        fut = self.side_pool.submit(scan_hash, self.src, flt, self.batch_size, self.stop)
+        try:
+            dst_count, dst_sum = scan_hash(self.dst, flt, self.batch_size, self.stop)
+        finally:
+            fut.exception()  # never leave the other side's scan running behind an error
         src_count, src_sum = fut.result()
         if (src_count, src_sum) == (dst_count, dst_sum):
             return PartitionOutcome(src_count, src_sum, dst_count, dst_sum)
@@ -136,8 +155,11 @@ class PartitionVerifier:
 
     def drill_down(self, flt: dict[str, Any]) -> PartitionOutcome:
         """Name every differing document of one partition (its maps are the partition's new figures)."""
-        fut = self.side_pool.submit(scan_map, self.src, flt, self.batch_size)
-        dst_map, dst_count, dst_sum = scan_map(self.dst, flt, self.batch_size)
+        fut = self.side_pool.submit(scan_map, self.src, flt, self.batch_size, self.stop)
+        try:
+            dst_map, dst_count, dst_sum = scan_map(self.dst, flt, self.batch_size, self.stop)
+        finally:
+            fut.exception()
         src_map, src_count, src_sum = fut.result()
         out = PartitionOutcome(src_count, src_sum, dst_count, dst_sum, drilled=True)
         for key, sd in src_map.items():

@@ -12,6 +12,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -157,10 +158,11 @@ class Migration:
         self._status_at = 0.0
 
     def close(self) -> None:
-        if self.verifier is not None:
-            self.verifier.close()
+        self._verifying = False  # a last sync tick must not start the verification again
         if self.runner is not None:
             self.runner.stop()
+        if self.verifier is not None:
+            self.verifier.close()
         if self._heartbeat is not None:
             self._heartbeat.stop()
             try:
@@ -289,6 +291,11 @@ class Migration:
                 self.timeline.sync_sample(state)
                 if state.ready and self.verifier is not None and self._verifying and not self.verifier.running():
                     self.verifier.start()  # the clone is done and the sync has caught up
+                if state.ready and self._verifying:
+                    try:
+                        self._publish_verification()  # the downtime estimate stays fresh for the form and describe
+                    except Exception:  # a status figure never stops the sync
+                        log.exception("could not publish the verification status and downtime estimate")
                 if outer is not None:
                     outer(state)
 
@@ -355,15 +362,14 @@ class Migration:
 
     def _publish_verification(self, force: bool = False) -> None:
         """The background verification's status and the downtime estimate, in the record (at most every 2 s)."""
-        if self.verifier is None or (not force and time.monotonic() - self._status_at < 2.0):
+        if not force and time.monotonic() - self._status_at < 2.0:
             return
         self._status_at = time.monotonic()
         try:
-            self.store.update(
-                self.name,
-                continuous_verification=self.verifier.status(),
-                downtime_estimate=self.downtime_estimate(),
-            )
+            fields: dict[str, Any] = {"downtime_estimate": self.downtime_estimate()}
+            if self.verifier is not None:
+                fields["continuous_verification"] = self.verifier.status()
+            self.store.update(self.name, **fields)
         except (PyMongoError, LiveMigrateError) as exc:
             log.debug("verification status not stored: %s", exc)
 
@@ -587,11 +593,11 @@ class Migration:
         return self._finish_cutover(verify, already_blocked=self.store.load(self.name).write_blocked)
 
     def _finish_cutover(self, verify: VerifyFn, *, already_blocked: bool) -> CutoverResult:
+        # Prepared before writes stop: the background verification stops at its next batch (its proofs and
+        # the dirty set stay; the sync goes on recording what it writes until the drain ends).
+        self._verifying = False
         runner = self.start_sync()
         result = CutoverResult()
-        # Prepared before writes stop: the background verification ends its current partition (its proofs
-        # and the dirty set stay; the sync goes on recording what it writes until the drain ends).
-        self._verifying = False
         if self.verifier is not None:
             self.verifier.stop()
         clock = _Stopwatch()
@@ -648,14 +654,33 @@ class Migration:
             raise
 
     def _restore_indexes(self, restores: list[Restore]) -> None:
-        """Each owed index restored in turn, retried on transient errors, and struck off the book once done,
-        so a cutover that dies half-way resumes with the indexes it had not reached."""
+        """Each owed index restored, retried on transient errors, and struck off the book once done, so a
+        cutover that dies half-way resumes with the indexes it had not reached.
+
+        Collections are restored in parallel (``tuning.workers``), each collection's indexes in book order:
+        a unique conversion scans its index, and the window should not pay for the collections one by one.
+        """
         tuning = self.cfg.tuning
+        by_ns: dict[str, list[Restore]] = {}
         for r in restores:
-            what = f"{r['ns']}: restore of index {r['name']!r}"
-            step = functools.partial(_restore_step, self.dst, r)
-            retry_transient(what, step, tuning.retry_attempts, tuning.retry_max_seconds)
-            self.store.pull_index_restore(self.name, r["ns"], r["name"])
+            by_ns.setdefault(r["ns"], []).append(r)
+
+        def one_collection(rs: list[Restore]) -> None:
+            for r in rs:
+                what = f"{r['ns']}: restore of index {r['name']!r}"
+                step = functools.partial(_restore_step, self.dst, r)
+                retry_transient(what, step, tuning.retry_attempts, tuning.retry_max_seconds)
+                self.store.pull_index_restore(self.name, r["ns"], r["name"])
+
+        if len(by_ns) <= 1:
+            for rs in by_ns.values():
+                one_collection(rs)
+            return
+        with ThreadPoolExecutor(min(tuning.workers, len(by_ns)), thread_name_prefix="restore") as pool:
+            futures = [pool.submit(one_collection, rs) for rs in by_ns.values()]
+            wait(futures)
+            for f in futures:
+                f.result()  # the first error, after every collection has finished or failed
 
     def _block_writes(self) -> bool:
         """setUserWriteBlockMode on the source where supported and permitted.

@@ -79,8 +79,20 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         assert r["profile"][path]["top_self_time"], path
         assert (tmp_path / "profiles" / f"{path}.txt").exists()
 
+    down = r["downtime"]
+    for size in ("small", "large"):
+        x = down[size]
+        assert x["independent_compare"]["exit"] == 0, x["independent_compare"]
+        assert _positive(x["after"]["seconds"]) and _positive(x["before"]["seconds"])
+        assert {"drain", "final_checks", "index_restores", "finalize"} <= x["after"]["parts"].keys()
+        assert x["estimate"]["parts"].keys() == {"drain", "final_checks", "index_restores", "finalize"}
+    assert _positive(down["ratio_large_to_small"]) and _positive(down["sync_cost"]["events_per_s_ratio_on_to_off"])
+    assert "## Cutover downtime" in (tmp_path / "RESULTS.md").read_text()
+
     targets = {t["target"] for t in r["targets"]}
     assert targets == {
+        "downtime_10x_data",
+        "sync_with_verification",
         "clone_vs_naive",
         "clone_vs_ingest_limit",
         "sync_sustained_vs_capacity",

@@ -265,3 +265,51 @@ def test_window_expiry(
     assert doc.phase == Phase.EXPIRED and "--restart" in (doc.error or "")
     assert dst_client[dbname]["c"].count_documents({}) == 1  # the destination keeps its data
     assert store.lock_holder() is None
+
+
+def test_a_difference_found_during_the_sync_refuses_the_cutover_in_the_form_and_the_cli(
+    prefect_harness: None,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    tmp_path: Path,
+) -> None:
+    """Issue 17: a document changed on the destination during the sync is named (namespace and _id) before
+    the cutover; `livemigrate cutover` and the form both refuse with that reason; once the destination is put
+    right the same form cuts over, re-reading only what changed, and the outcome carries the downtime."""
+    import json
+
+    from flows.operate import decision_cli
+
+    src_client[dbname]["c"].insert_many([{"_id": i, "v": i} for i in range(1200)])
+    path = write_config(tmp_path, pair, dbname)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["verification"] = {"interval_seconds": 0.3, "rehash_seconds": 1}  # planted after a proof: hashed again
+    path.write_text(yaml.safe_dump(cfg))
+    name = f"flow-{dbname}"[:60]
+    t, store = _start(path, dst_client, name)
+    dst_client[dbname]["c"].update_one({"_id": 600}, {"$set": {"v": "planted"}})
+
+    def differing() -> list[dict[str, Any]]:
+        return list((store.load(name).continuous_verification or {}).get("differing") or [])
+
+    assert wait_until(lambda: bool(differing()), 60, 0.3), store.load(name).continuous_verification
+    assert differing() == [{"ns": f"{dbname}.c", "_id": "600", "kind": "changed"}]
+    code = decision_cli(path, "cutover", approver="erin", reason="", yes=True, as_json=True)
+    assert code == 1
+    _resume(store, name, action="cutover", approver="erin", reason="go", confirm=True)
+    assert wait_until(lambda: any(d.action == "cutover-refused" for d in store.load(name).decisions), 30)
+    refusal = next(d for d in store.load(name).decisions if d.action == "cutover-refused")
+    assert "differ with no change in flight" in refusal.reason
+    dst_client[dbname]["c"].update_one({"_id": 600}, {"$set": {"v": 600}})
+    assert wait_until(lambda: not differing(), 60, 0.3)
+    assert wait_until(lambda: _paused(store, name), 30, 0.3)
+    _resume(store, name, action="cutover", approver="erin", reason="fixed", confirm=True)
+    t.join(120)
+    assert t.error is None, t.error
+    assert t.result["phase"] == "complete"
+    down = t.result["cutover"]["downtime"]
+    assert down["final_verification"] == "incremental" and down["seconds"] > 0
+    assert json.loads(json.dumps(t.result["downtime"])) == down  # describe carries it too
+    assert_same_data(src_client, dst_client, [dbname])

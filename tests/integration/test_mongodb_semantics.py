@@ -300,7 +300,12 @@ def test_a_top_level_empty_timestamp_is_written_so_the_destination_keeps_it(
         drain(m, src_client)
     keeping = [c for c in inserts.commands + updates.commands if c.get("bypassEmptyTsReplacement")]
     assert {c.get("insert") or c.get("update") for c in keeping} == {"c"}
-    assert len([c for c in keeping if "insert" in c]) == 1 and len([c for c in keeping if "update" in c]) == 1
+    # One insert (the clone's batch holding _id 1) and one replacement of _id 2.  _id 3 may ride in a command
+    # with the flag when the sync puts it in the same batch and lane as _id 2: harmless, the flag only keeps
+    # empty timestamps, and it has none.
+    assert len([c for c in keeping if "insert" in c]) == 1
+    replaced = [u["q"] for c in keeping if "update" in c for u in c["updates"]]
+    assert replaced.count({"_id": 2}) == 1 and set(map(str, replaced)) <= {"{'_id': 2}", "{'_id': 3}"}
     assert not any(
         c.get("bypassEmptyTsReplacement") for c in inserts.commands if c.get("documents", [{}])[0].get("_id") == 3
     )
