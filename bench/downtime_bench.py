@@ -72,7 +72,7 @@ def one_size(sv: Servers, docs: int, rate: float, after_proof_s: float) -> dict[
             while not (m.verifier and m.verifier.passes >= 1):
                 if m.verifier and m.verifier.error:
                     log.warning("verification: %s", m.verifier.error)
-                time.sleep(0.5)
+                time.sleep(0.1)
         time.sleep(after_proof_s)
         writer.stop.set()
         writer.join()

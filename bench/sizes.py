@@ -90,10 +90,10 @@ SMOKE = Sizes(
     flow_runs=1,
     profile_docs=1_000,
     profile_events=1_000,
-    downtime_docs=(1_000, 3_000),
+    downtime_docs=(300, 900),
     downtime_rate=50.0,
-    downtime_after_proof_s=1.0,
-    downtime_sync_seconds=2.0,
+    downtime_after_proof_s=0.2,
+    downtime_sync_seconds=1.0,
 )
 
 PRESETS = {"full": FULL, "smoke": SMOKE}

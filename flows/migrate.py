@@ -8,6 +8,7 @@ every step is an engine call (tasks/), wrapped in one Prefect task per stage.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from typing import Any, Literal
@@ -302,7 +303,8 @@ def migrate_flow(
             metrics.verification(cfg.name, m.verifier.status(), None)
 
     m.on_tick = tick
-    m.on_difference = lambda found: _report_differences(m, found)
+    flow_context = contextvars.copy_context()  # the run's context, for artifacts made by background threads
+    m.on_difference = lambda found: flow_context.copy().run(_report_differences, m, found)
     if cfg.tuning.metrics_port is not None:
         _, port = metrics.serve(cfg.tuning.metrics_port)
         logger.info("Prometheus metrics on http://127.0.0.1:%s/metrics", port)

@@ -298,6 +298,18 @@ def test_a_difference_found_during_the_sync_refuses_the_cutover_in_the_form_and_
     assert differing() == [{"ns": f"{dbname}.c", "_id": "600", "kind": "changed"}]
     code = decision_cli(path, "cutover", approver="erin", reason="", yes=True, as_json=True)
     assert code == 1
+    from prefect.client.orchestration import get_client
+
+    from flows.artifacts import artifact_key
+
+    def published() -> list[Any]:
+        with get_client(sync_client=True) as c:
+            arts = c.read_artifacts(limit=200)
+        return [a for a in arts if a.key == artifact_key(name, "differences")]
+
+    assert wait_until(lambda: bool(published()), 20, 0.5), "no differences artifact"
+    art = published()[0]
+    assert str(art.flow_run_id) == store.load(name).flow_run_id and "_id `600`" in str(art.data)
     _resume(store, name, action="cutover", approver="erin", reason="go", confirm=True)
     assert wait_until(lambda: any(d.action == "cutover-refused" for d in store.load(name).decisions), 30)
     refusal = next(d for d in store.load(name).decisions if d.action == "cutover-refused")
