@@ -299,8 +299,7 @@ def migrate_flow(
 
     def tick(st: Any) -> None:
         metrics.sync_tick(cfg.name, st)
-        if m.verifier is not None:
-            metrics.verification(cfg.name, m.verifier.status(), None)
+        metrics.verification(cfg.name, m.verifier.status() if m.verifier else None, m.last_estimate)
 
     m.on_tick = tick
     flow_context = contextvars.copy_context()  # the run's context, for artifacts made by background threads

@@ -156,6 +156,7 @@ class Migration:
         self._verifying = True  # the background verification may (re)start; cleared when a cutover begins
         self._full_verification = False  # the approved cutover asked for a full verification
         self._status_at = 0.0
+        self.last_estimate: dict[str, Any] | None = None  # the downtime estimate last published
 
     def close(self) -> None:
         self._verifying = False  # a last sync tick must not start the verification again
@@ -366,7 +367,8 @@ class Migration:
             return
         self._status_at = time.monotonic()
         try:
-            fields: dict[str, Any] = {"downtime_estimate": self.downtime_estimate()}
+            self.last_estimate = self.downtime_estimate()
+            fields: dict[str, Any] = {"downtime_estimate": self.last_estimate}
             if self.verifier is not None:
                 fields["continuous_verification"] = self.verifier.status()
             self.store.update(self.name, **fields)

@@ -80,3 +80,25 @@ def test_two_instances_do_not_share_a_registry_and_stop_frees_the_port() -> None
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port_a}/metrics", timeout=2)
     a.stop()  # idempotent
+
+
+def test_downtime_and_verification_figures_are_served_by_part() -> None:
+    m = Metrics()
+    server, port = m.serve(0)
+    try:
+        status = {"differences": 2, "partitions_proven": 7}
+        estimate = {
+            "seconds": 3.5,
+            "parts": {"drain": 1.0, "final_checks": 2.0, "index_restores": 0.0, "finalize": 0.5},
+        }
+        m.verification("mig1", status, estimate)
+        m.downtime("mig1", {"seconds": 4.25, "parts": {"drain": 1.5, "final_checks": 2.5, "finalize": 0.25}})
+        got = _scrape(port)
+    finally:
+        m.stop()
+    assert got[("livemigrate_verification_differences", (("migration", "mig1"),))] == 2
+    assert got[("livemigrate_verification_partitions_proven", (("migration", "mig1"),))] == 7
+    assert got[("livemigrate_downtime_estimate_seconds", (("migration", "mig1"), ("part", "total")))] == 3.5
+    assert got[("livemigrate_downtime_estimate_seconds", (("migration", "mig1"), ("part", "final_checks")))] == 2.0
+    assert got[("livemigrate_downtime_seconds", (("migration", "mig1"), ("part", "total")))] == 4.25
+    assert got[("livemigrate_downtime_seconds", (("migration", "mig1"), ("part", "drain")))] == 1.5
