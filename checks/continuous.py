@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 30.0
 """How long a re-read waits for the sync to apply past it before the document is left for the next round."""
 MAX_LISTED = 100  # differing documents named in a status or report per namespace
+YIELD_LIMIT = 60.0
+"""Longest a background scan waits between two batches for the sync to catch up (a cursor must not idle out)."""
 
 
 def now_utc() -> dt.datetime:
@@ -103,6 +105,7 @@ class DirtySet:
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.active = False  # nothing is recorded until the verifier starts
+        self.failed = False  # a write could not be recorded: no proof may be used
         self._lock = threading.Lock()
         self._ids: dict[str, set[bytes]] = {}
         self._gen: dict[str, int] = {}
@@ -111,10 +114,19 @@ class DirtySet:
 
     # -- the sync's side ------------------------------------------------------
     def touched(self, ns: str, document_keys: list[Any]) -> None:
-        """The sync wrote these documents (their change events' ``documentKey``s) of ``ns``."""
+        """The sync wrote these documents (their change events' ``documentKey``s) of ``ns``.
+
+        Never raises into the sync: a key it cannot read marks the set failed, and the cutover then
+        verifies in full (an unrecorded write would void the proofs).
+        """
         if not self.active or not document_keys:
             return
-        keys = [event_id_key(k) for k in document_keys]
+        try:
+            keys = [event_id_key(k) for k in document_keys]
+        except Exception:
+            log.exception("continuous verification: a written document's key could not be recorded")
+            self.failed = True
+            return
         with self._lock:
             if ns in self._broken:
                 return
@@ -239,6 +251,9 @@ class ContinuousVerifier:
         batch_size: int = 2000,
         on_difference: Callable[[list[dict[str, Any]]], None] | None = None,
         on_progress: Callable[[], None] | None = None,
+        unobserved: Callable[[str], bool] | None = None,
+        sync_behind: Callable[[], bool] | None = None,
+        max_docs_per_second: float | None = None,
     ) -> None:
         self.src, self.dst, self.nsfilter = source, dest, nsfilter
         self.wait_applied = wait_applied
@@ -248,6 +263,13 @@ class ContinuousVerifier:
         self.partition_docs, self.partitioning, self.batch_size = partition_docs, partitioning, batch_size
         self.on_difference = on_difference
         self.on_progress = on_progress  # after each partition and round (e.g. the status in the record)
+        # Namespaces whose events the sync skips (so the dirty set never sees them): hashed whole at the cutover.
+        self.unobserved = unobserved or (lambda ns: False)
+        # The verification uses what the servers can spare: it waits between batches while the sync is behind
+        # (``sync_behind``), and reads at most ``max_docs_per_second`` per side when set.
+        self.sync_behind = sync_behind or (lambda: False)
+        self.max_docs_per_second = max_docs_per_second
+        self.yielded_seconds = 0.0  # time spent waiting for the sync (status)
         self.proofs: dict[str, NsProof] = {}
         self.passes = 0  # full rounds over every namespace
         self.error: str | None = None
@@ -256,34 +278,48 @@ class ContinuousVerifier:
         self.recheck_docs_per_s: float | None = None
         self._reported: set[tuple[str, bytes]] = set()
         self._stop = threading.Event()
-        self._closed = False
+        self._life = threading.Lock()  # start and freeze, never at once
+        self._frozen = False
+        self.usable = True  # False when the background thread could not be stopped (see freeze)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # proofs are read by status() from other threads
         self._side_pool = ThreadPoolExecutor(1, thread_name_prefix="cverify-side")
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
-        if self._closed or (self._thread is not None and self._thread.is_alive()):
-            return
-        self.dirty.active = True
-        self.started_at = self.started_at or now_utc()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="continuous-verify", daemon=True)
-        self._thread.start()
+        """Start the background thread (once the sync has caught up); a no-op once :meth:`freeze` was called."""
+        with self._life:
+            if self._frozen or (self._thread is not None and self._thread.is_alive()):
+                return
+            self.dirty.active = True
+            self.started_at = self.started_at or now_utc()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="continuous-verify", daemon=True)
+            self._thread.start()
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop the background thread (a partition being hashed is finished first). Recording goes on."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def freeze(self, timeout: float = 120.0) -> bool:
+        """Stop the background thread for good (the cutover begins); recording goes on.
+
+        The thread stops at its next batch or chunk.  Returns False when it is still running after
+        ``timeout`` (a hung connection): its proofs then cannot be trusted, and the cutover verifies in full.
+        """
+        with self._life:
+            self._frozen = True
+            self._stop.set()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("continuous verification did not stop within %.0f s: its proofs are not used", timeout)
+                self.usable = False
+                return False
+        return True
 
     def close(self) -> None:
-        self._closed = True
-        self.stop()
+        self.freeze(timeout=30.0)
         self.dirty.active = False
         self._side_pool.shutdown(wait=False)
 
@@ -336,7 +372,7 @@ class ContinuousVerifier:
         """In-scope namespaces with data on either side (views and time-series have no partitions)."""
         out: set[str] = set()
         for st in _catalog(self.src, self.dst, self.nsfilter, {})[0]:
-            if st.has_data:
+            if st.has_data and not self.unobserved(st.ns):
                 out.add(st.ns)
         return out
 
@@ -361,8 +397,20 @@ class ContinuousVerifier:
             ignore_field_order=False,
         )
         if threading.current_thread() is self._thread:
-            v.stop = self._stop.is_set  # the background thread's scans end at the next batch when stopped
+            v.stop = self._between_batches  # background scans yield to the sync and end when stopped
         return v
+
+    def _between_batches(self) -> bool:
+        """Asked by a background scan between raw batches: wait while the sync is behind (or the rate cap is
+        reached), then say whether to stop."""
+        t0 = time.monotonic()
+        while not self._stop.is_set() and self.sync_behind() and time.monotonic() - t0 < YIELD_LIMIT:
+            self._stop.wait(0.2)
+        if self.max_docs_per_second:
+            self._stop.wait(self.batch_size / self.max_docs_per_second)
+        with self._lock:
+            self.yielded_seconds += time.monotonic() - t0
+        return self._stop.is_set()
 
     def _stale(self, part: PartProof) -> bool:
         """Proven long enough ago to prove again: what the dirty set cannot see (a write to the destination
@@ -391,8 +439,14 @@ class ContinuousVerifier:
             except Exception as exc:  # noqa: BLE001 - a status update never stops the verification
                 log.debug("continuous verification status: %s", exc)
 
+    def _current(self, proof: NsProof) -> bool:
+        """The proof's generation is still the namespace's (not reset or overflowed since it was planned)."""
+        return not self.dirty.broken(proof.ns) and self.dirty.generation(proof.ns) == proof.generation
+
     def _recheck_dirty(self, proof: NsProof) -> None:
         """Re-read the documents the sync touched since the last re-read (the set is swapped first)."""
+        if not self._current(proof):
+            return  # planned again next round
         ids = self.dirty.swap(proof.ns)
         if not ids:
             return
@@ -412,6 +466,8 @@ class ContinuousVerifier:
         still: list[Entry] = []
         t0 = time.monotonic()
         for part in chunks(entries):
+            if v.stop is not None and v.stop():
+                raise Interrupted(ns)  # the caller hands the ids back (the cutover re-reads them)
             src_docs, dst_docs = v.fetch_both([e.key for e in part])
             for e in part:
                 s, d = src_docs.get(e.key), dst_docs.get(e.key)
@@ -427,14 +483,13 @@ class ContinuousVerifier:
         """Decide the suspects: re-read, let the sync apply past the re-read, and see who it touched meanwhile."""
         with self._lock:
             suspects = list(proof.suspects.values()) + list(proof.persistent.values())
-        if not suspects:
+        if not suspects or not self._current(proof):
             return
-        gen = self.dirty.generation(proof.ns)
         differing = self._reread(proof.ns, suspects)
         if not self._wait_applied(latest_optime(self.src)):
             return  # the sync is behind: decided next round
-        if self.dirty.generation(proof.ns) != gen:
-            return  # the namespace was reset meanwhile: planned again next round
+        if not self._current(proof):
+            return  # the namespace was reset or overflowed meanwhile: planned again next round
         with self._lock:
             proof.suspects.clear()
             proof.persistent.clear()
@@ -505,6 +560,7 @@ class ContinuousVerifier:
             "in_flight_documents": suspects,
             "differences": self.difference_count(),
             "differing": self.differences(),
+            "yielded_to_sync_seconds": round(self.yielded_seconds, 1),
             "error": self.error,
             "updated_at": now_utc().isoformat(),
         }
@@ -529,16 +585,20 @@ class ContinuousVerifier:
         current proof has its dirty and suspect documents re-read and its unproven partitions hashed; any
         other is hashed whole.  A namespace's result says how much was proven during the sync and when.
         """
-        self.stop()
+        if not self.freeze():
+            raise LiveMigrateError("the continuous verification could not be stopped; verify in full")
         started = now_utc()
         result = VerifyResult(
             settings={"mode": "incremental", "partition_docs": self.partition_docs, "partitioning": self.partitioning}
         )
         pending = pending_map(pending_index_restores)
-        states, result.unsupported = _catalog(self.src, self.dst, self.nsfilter, pending)
-        for st in states:
-            if st.has_data:
-                self._final_namespace(st)
+        try:
+            states, result.unsupported = _catalog(self.src, self.dst, self.nsfilter, pending)
+            for st in states:
+                if st.has_data:
+                    self._final_namespace(st)
+        except PyMongoError as exc:
+            raise classify_error(exc, "final verification") from exc
         result.namespaces = [self._ns_result(st, started, max_listed) for st in states]
         result.finished_at = now_utc()
         log.info("final verification (incremental) %s: %s", "equal" if result.equal else "different", result.totals())
@@ -549,9 +609,14 @@ class ContinuousVerifier:
         st.verifier = self._verifier(ns)
         st.src_count = st.verifier.src.estimated_document_count()
         st.dst_count = st.verifier.dst.estimated_document_count()
+        if st.src_count != st.dst_count:
+            # The metadata counts can be off (after an unclean shutdown; orphans through mongos): count exactly
+            # before calling it a difference.  Equal metadata counts are taken as they are.
+            st.src_count = st.verifier.src.count_documents({})
+            st.dst_count = st.verifier.dst.count_documents({})
         with self._lock:
             proof = self.proofs.get(ns)
-        current = proof is not None and not self.dirty.broken(ns) and proof.generation == self.dirty.generation(ns)
+        current = proof is not None and self._current(proof) and not self.unobserved(ns)
         if proof is None or not current:
             proof = self._plan(ns)  # never proven here (or reset): hashed whole now
         hashed = 0

@@ -137,6 +137,9 @@ class Verification(_Strict):
         default=200_000, ge=100, description="changed _ids remembered; past it a namespace is hashed again"
     )
     interval_seconds: float = Field(default=5.0, gt=0, description="pause between background rounds")
+    max_docs_per_second: float | None = Field(
+        default=None, gt=0, description="cap on documents read per second per side (null: what the sync spares)"
+    )
     rehash_seconds: float | None = Field(
         default=3600.0,
         gt=0,

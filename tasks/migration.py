@@ -20,6 +20,7 @@ from bson.timestamp import Timestamp
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
+from tasks.apply import QE_STATE_PREFIX
 from tasks.clone import Cloner, CloneStats
 from tasks.config import MigrationConfig
 from tasks.ddl import Restore, restore_index
@@ -342,8 +343,21 @@ class Migration:
                 partitioning=self.cfg.tuning.partitioning,
                 on_difference=self._differences_found,
                 on_progress=self._publish_verification,
+                unobserved=self._unobserved,
+                sync_behind=self._sync_behind,
+                max_docs_per_second=v.max_docs_per_second,
             )
         return self.verifier
+
+    def _sync_behind(self) -> bool:
+        """The sync's lag is past half the cutover bound: the background verification waits for it."""
+        runner = self.runner
+        lag = runner.state.lag_seconds if runner is not None else None
+        return lag is not None and lag > self.cfg.cutover.max_lag_seconds / 2
+
+    def _unobserved(self, ns: str) -> bool:
+        """A namespace whose change events the sync does not apply (Queryable Encryption's state collections)."""
+        return ns.split(".", 1)[-1].startswith(QE_STATE_PREFIX)
 
     def _differences_found(self, found: list[dict[str, Any]]) -> None:
         """Persistent differences: recorded (describe), warned, and handed to the flow (event, artifact)."""
@@ -417,7 +431,9 @@ class Migration:
             self.cfg.cutover.final_verification == "full"
             or self._full_verification
             or v is None
-            or v.started_at is None
+            or v.started_at is None  # never ran in this process (e.g. a cutover resumed after a crash)
+            or not v.usable  # its thread could not be stopped
+            or v.dirty.failed  # a write could not be recorded
         ):
             return run_verification(self.cfg, report_dir=report_dir, pending_index_restores=doc.index_restores)
         result = v.final_check(doc.index_restores)
@@ -601,7 +617,7 @@ class Migration:
         runner = self.start_sync()
         result = CutoverResult()
         if self.verifier is not None:
-            self.verifier.stop()
+            self.verifier.freeze()
         clock = _Stopwatch()
         try:
             blocked = already_blocked or self._block_writes()
@@ -616,7 +632,11 @@ class Migration:
                     f"the sync did not reach the source's last write within {self.cfg.cutover.drain_timeout_seconds:g}s",
                     remedy="check the lag with `livemigrate describe` and ask for the cutover again",
                 )
-            runner.stop()
+            if not runner.stop():
+                raise TerminalError(
+                    "the sync did not stop after the drain (a write to the destination hangs)",
+                    remedy="check the destination, then ask for the cutover again",
+                )
             if runner.state.error is not None:
                 raise runner.state.error
             clock.lap("drain")

@@ -84,6 +84,10 @@ def connect(
         "socketTimeoutMS": None,
         "retryWrites": True,
         "retryReads": True,
+        # Always the primary, whatever the URI asks: the clone must read at or after the change stream's start
+        # point, the drain target (latest_optime) is the newest write of the primary's oplog, and verification
+        # re-reads must see the current documents.  A lagging secondary would break all three.
+        "readPreference": "primary",
     }
     if tls_ca_file is not None:
         check_ca_file(Path(tls_ca_file), side)

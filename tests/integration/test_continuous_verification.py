@@ -195,3 +195,54 @@ def test_dirty_set_bounds_its_memory_and_hands_back_what_it_could_not_recheck() 
     assert ds.broken("a.x") and ds.broken("a.y") and ds.size() == 0
     # Int64 1 and int32 1 are different documents byte for byte: the key keeps the BSON type.
     assert event_id_key(RawBSONDocument(bson.encode({"_id": bson.Int64(1)}))) != event_id_key(key(1))
+
+
+def test_background_scans_wait_while_the_sync_is_behind_and_stop_when_asked(
+    src_client: MongoClient[Any], dst_client: MongoClient[Any], dbname: str
+) -> None:
+    """The verification only uses what the sync spares: between batches it waits while the sync is behind;
+    a freeze (the cutover begins) ends a scan at its next batch and leaves the partition unproven."""
+    from checks.continuous import ContinuousVerifier
+    from tasks.config import NamespaceRules
+    from tasks.namespaces import NamespaceFilter
+
+    docs = [{"_id": i, "v": "x" * 20} for i in range(600)]
+    src_client[dbname]["c"].insert_many(docs)
+    dst_client[dbname]["c"].insert_many(docs)
+    behind_until = time.monotonic() + 1.0
+    v = ContinuousVerifier(
+        src_client,
+        dst_client,
+        NamespaceFilter.from_rules(NamespaceRules(include=[f"{dbname}.*"])),
+        lambda ts, timeout: True,
+        batch_size=100,
+        partitioning="whole",
+        sync_behind=lambda: time.monotonic() < behind_until,
+    )
+    try:
+        v.start()
+        assert wait_until(lambda: v.passes >= 1, 30, 0.1)
+        assert v.yielded_seconds >= 0.8 and v.status()["partitions_proven"] == 1
+        assert v.difference_count() == 0
+    finally:
+        v.close()
+
+    slow = ContinuousVerifier(
+        src_client,
+        dst_client,
+        NamespaceFilter.from_rules(NamespaceRules(include=[f"{dbname}.*"])),
+        lambda ts, timeout: True,
+        batch_size=100,
+        partitioning="whole",
+        sync_behind=lambda: True,  # never catches up: the scan waits at its first batch
+    )
+    try:
+        slow.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert slow.freeze(timeout=10) and time.monotonic() - t0 < 2.0
+        assert slow.status()["partitions_proven"] == 0 and not slow.running()
+        slow.start()  # frozen: never again
+        assert not slow.running()
+    finally:
+        slow.close()
