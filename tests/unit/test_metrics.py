@@ -84,7 +84,7 @@ def test_two_instances_do_not_share_a_registry_and_stop_frees_the_port() -> None
 
 def test_downtime_and_verification_figures_are_served_by_part() -> None:
     m = Metrics()
-    server, port = m.serve(0)
+    _server, port = m.serve(0)
     try:
         status = {"differences": 2, "partitions_proven": 7}
         estimate = {
