@@ -121,7 +121,7 @@ def one_size(sv: Servers, docs: int, rate: float, after_proof_s: float) -> dict[
         writer_ops=writer.ops,
         documents_reread_at_cutover=reread,
         estimate=estimate,
-        after={"seconds": down["seconds"], "parts": parts},
+        after={"seconds": down["seconds"], "parts": parts, "final_checks_detail": down.get("final_checks_detail")},
         before={"seconds": round(sum(before.values()), 3), "parts": before},
         independent_compare={"exit": compare.returncode, "out": compare.stdout.strip()[-500:]},
     )

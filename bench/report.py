@@ -214,6 +214,14 @@ def _downtime(d: dict[str, Any] | None) -> list[str]:
                 )
             )
     c = d["sync_cost"]
+    for size in ("small", "large"):
+        det = d[size]["after"].get("final_checks_detail") or {}
+        if det:
+            lines.append(
+                f"\nFinal checks at {d[size]['docs']:,} documents, by step: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in det.items())
+                + "."
+            )
     lines += [
         "",
         f"Downtime at 10x the data: **{d['ratio_large_to_small']}x** after, {d['ratio_large_to_small_before']}x before. "

@@ -254,6 +254,8 @@ class ContinuousVerifier:
         unobserved: Callable[[str], bool] | None = None,
         sync_behind: Callable[[], bool] | None = None,
         max_docs_per_second: float | None = None,
+        sync_busy: Callable[[], bool] | None = None,
+        duty_cycle: float = 1.0,
     ) -> None:
         self.src, self.dst, self.nsfilter = source, dest, nsfilter
         self.wait_applied = wait_applied
@@ -269,6 +271,11 @@ class ContinuousVerifier:
         # (``sync_behind``), and reads at most ``max_docs_per_second`` per side when set.
         self.sync_behind = sync_behind or (lambda: False)
         self.max_docs_per_second = max_docs_per_second
+        # While the application writes (``sync_busy``), a scan reads at most ``duty_cycle`` of the time: the
+        # source serves the change stream and the application first.
+        self.sync_busy = sync_busy or (lambda: False)
+        self.duty_cycle = min(1.0, max(0.01, duty_cycle))
+        self._batch_clock = threading.local()  # per scanning thread: when its last batch was handed out
         self.yielded_seconds = 0.0  # time spent waiting for the sync (status)
         self.proofs: dict[str, NsProof] = {}
         self.passes = 0  # full rounds over every namespace
@@ -404,12 +411,17 @@ class ContinuousVerifier:
         """Asked by a background scan between raw batches: wait while the sync is behind (or the rate cap is
         reached), then say whether to stop."""
         t0 = time.monotonic()
+        last = getattr(self._batch_clock, "t", None)
+        if last is not None and self.duty_cycle < 1.0 and self.sync_busy():
+            self._stop.wait((t0 - last) * (1.0 / self.duty_cycle - 1.0))  # the batch's read time, scaled
         while not self._stop.is_set() and self.sync_behind() and time.monotonic() - t0 < YIELD_LIMIT:
             self._stop.wait(0.2)
         if self.max_docs_per_second:
             self._stop.wait(self.batch_size / self.max_docs_per_second)
+        now = time.monotonic()
         with self._lock:
-            self.yielded_seconds += time.monotonic() - t0
+            self.yielded_seconds += now - t0
+        self._batch_clock.t = now
         return self._stop.is_set()
 
     def _stale(self, part: PartProof) -> bool:
@@ -592,40 +604,76 @@ class ContinuousVerifier:
             settings={"mode": "incremental", "partition_docs": self.partition_docs, "partitioning": self.partitioning}
         )
         pending = pending_map(pending_index_restores)
+        timings: dict[str, float] = {"catalog": 0.0, "counts": 0.0, "hashes": 0.0, "rereads": 0.0}
         try:
+            t0 = time.monotonic()
             states, result.unsupported = _catalog(self.src, self.dst, self.nsfilter, pending)
-            for st in states:
-                if st.has_data:
-                    self._final_namespace(st)
+            timings["catalog"] = time.monotonic() - t0
+            data = [st for st in states if st.has_data]
+            t0 = time.monotonic()
+            self._count_all(data)
+            timings["counts"] = time.monotonic() - t0
+            for st in data:
+                self._final_namespace(st, timings)
         except PyMongoError as exc:
             raise classify_error(exc, "final verification") from exc
+        result.settings["timings"] = {k: round(v, 3) for k, v in timings.items()}
         result.namespaces = [self._ns_result(st, started, max_listed) for st in states]
         result.finished_at = now_utc()
         log.info("final verification (incremental) %s: %s", "equal" if result.equal else "different", result.totals())
         return result
 
-    def _final_namespace(self, st: _NsState) -> None:
+    def _count_all(self, states: list[_NsState]) -> None:
+        """Both sides' document counts of every namespace, asked concurrently.
+
+        ``count`` without a query reads the collection's metadata on MongoDB (manual,
+        ``db.collection.estimatedDocumentCount()``), so it does not grow with the data there (SecantusDB
+        counts by scanning).  The metadata can be off (after an unclean shutdown; orphans through mongos):
+        a namespace whose two counts differ is counted exactly before that is called a difference.
+        """
+
+        if not states:
+            return
+        for st in states:
+            st.verifier = self._verifier(st.ns)
+
+        def count(st: _NsState, side: str, exact: bool) -> tuple[_NsState, str, int]:
+            assert st.verifier is not None
+            coll = st.verifier.src if side == "src" else st.verifier.dst
+            return st, side, coll.count_documents({}) if exact else coll.estimated_document_count()
+
+        with ThreadPoolExecutor(min(8, 2 * len(states)), thread_name_prefix="final-count") as pool:
+            exact = False
+            todo = states
+            while todo:
+                futures = [pool.submit(count, st, side, exact) for st in todo for side in ("src", "dst")]
+                for fut in futures:
+                    st, side, n = fut.result()
+                    if side == "src":
+                        st.src_count = n
+                    else:
+                        st.dst_count = n
+                todo = [] if exact else [st for st in todo if st.src_count != st.dst_count]
+                exact = True
+
+    def _final_namespace(self, st: _NsState, timings: dict[str, float]) -> None:
         ns = st.ns
-        st.verifier = self._verifier(ns)
-        st.src_count = st.verifier.src.estimated_document_count()
-        st.dst_count = st.verifier.dst.estimated_document_count()
-        if st.src_count != st.dst_count:
-            # The metadata counts can be off (after an unclean shutdown; orphans through mongos): count exactly
-            # before calling it a difference.  Equal metadata counts are taken as they are.
-            st.src_count = st.verifier.src.count_documents({})
-            st.dst_count = st.verifier.dst.count_documents({})
         with self._lock:
             proof = self.proofs.get(ns)
         current = proof is not None and self._current(proof) and not self.unobserved(ns)
         if proof is None or not current:
             proof = self._plan(ns)  # never proven here (or reset): hashed whole now
         hashed = 0
+        t0 = time.monotonic()
         for part in proof.parts:
             if part.proven_at is None:
                 self._hash(proof, part)
                 hashed += 1
+        timings["hashes"] += time.monotonic() - t0
+        t0 = time.monotonic()
         keys = set(self.dirty.swap(ns)) | set(proof.suspects) | set(proof.persistent)
         differing = self._reread(ns, [Entry(k, None, None, "changed") for k in keys]) if keys else []
+        timings["rereads"] += time.monotonic() - t0
         st.entries = list(differing)
         st.partitions = len(proof.parts)
         st.src_sum = st.dst_sum = 0

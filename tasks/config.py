@@ -137,6 +137,13 @@ class Verification(_Strict):
         default=200_000, ge=100, description="changed _ids remembered; past it a namespace is hashed again"
     )
     interval_seconds: float = Field(default=5.0, gt=0, description="pause between background rounds")
+    duty_cycle: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="while the application writes, the share of time a background scan may read (the source "
+        "serves the change stream and the application first)",
+    )
     max_docs_per_second: float | None = Field(
         default=None, gt=0, description="cap on documents read per second per side (null: what the sync spares)"
     )

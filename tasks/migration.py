@@ -346,6 +346,8 @@ class Migration:
                 unobserved=self._unobserved,
                 sync_behind=self._sync_behind,
                 max_docs_per_second=v.max_docs_per_second,
+                sync_busy=self._sync_busy,
+                duty_cycle=v.duty_cycle,
             )
         return self.verifier
 
@@ -354,6 +356,11 @@ class Migration:
         runner = self.runner
         lag = runner.state.lag_seconds if runner is not None else None
         return lag is not None and lag > self.cfg.cutover.max_lag_seconds / 2
+
+    def _sync_busy(self) -> bool:
+        """The application is writing: the sync applied events over the last seconds."""
+        runner = self.runner
+        return runner is not None and runner.state.events_per_second > 0
 
     def _unobserved(self, ns: str) -> bool:
         """A namespace whose change events the sync does not apply (Queryable Encryption's state collections)."""
@@ -658,6 +665,7 @@ class Migration:
             result.downtime = clock.record(
                 result.destination_ready_at,
                 final_verification=str((summary.get("settings") or {}).get("mode") or "full"),
+                final_checks_detail=(summary.get("settings") or {}).get("timings"),
                 estimate=self.store.load(self.name).downtime_estimate,
                 blocked=blocked,
             )
