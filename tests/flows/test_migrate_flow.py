@@ -325,3 +325,30 @@ def test_a_difference_found_during_the_sync_refuses_the_cutover_in_the_form_and_
     assert down["final_verification"] == "incremental" and down["seconds"] > 0
     assert json.loads(json.dumps(t.result["downtime"])) == down  # describe carries it too
     assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_a_sync_that_fails_while_paused_fails_the_run_from_the_engines_signal(
+    prefect_harness: None,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    tmp_path: Path,
+) -> None:
+    """The change stream's history is lost while the run waits for its decision (ChangeStreamHistoryLost,
+    code 286, injected with failCommand): the relay wakes the pause, and the flow fails with the sync's own
+    error, read from the engine, not from a reason string in the form's input."""
+    from tasks.errors import HistoryLostError
+    from tests.helpers import fail_command
+
+    src_client[dbname]["c"].insert_one({"_id": 1})
+    path = write_config(tmp_path, pair, dbname)
+    name = f"flow-{dbname}"[:60]
+    t, store = _start(path, dst_client, name)
+    with fail_command(src_client, {"times": 20}, failCommands=["getMore"], errorCode=286, appName="livemigrate"):
+        t.join(60)
+    assert not t.is_alive()
+    assert isinstance(t.error, HistoryLostError), t.error
+    doc = store.load(name)
+    assert doc.phase == Phase.FAILED and "history lost" in (doc.error or "")
+    assert [d.action for d in doc.decisions] == []  # nobody decided anything: no cancel was recorded
