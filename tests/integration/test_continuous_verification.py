@@ -210,15 +210,20 @@ def test_background_scans_wait_while_the_sync_is_behind_and_stop_when_asked(
     src_client[dbname]["c"].insert_many(docs)
     dst_client[dbname]["c"].insert_many(docs)
     behind_until = time.monotonic() + 1.0
-    v = ContinuousVerifier(
-        src_client,
-        dst_client,
-        NamespaceFilter.from_rules(NamespaceRules(include=[f"{dbname}.*"])),
-        lambda ts, timeout: True,
-        batch_size=100,
-        partitioning="whole",
-        sync_behind=lambda: time.monotonic() < behind_until,
-    )
+
+    def verifier(sync_behind: Any) -> ContinuousVerifier:
+        nsfilter = NamespaceFilter.from_rules(NamespaceRules(include=[f"{dbname}.*"]))
+        return ContinuousVerifier(
+            src_client,
+            dst_client,
+            nsfilter,
+            lambda ts, t: True,
+            batch_size=100,
+            partitioning="whole",
+            sync_behind=sync_behind,
+        )
+
+    v = verifier(lambda: time.monotonic() < behind_until)
     try:
         v.start()
         assert wait_until(lambda: v.passes >= 1, 30, 0.1)
@@ -227,15 +232,7 @@ def test_background_scans_wait_while_the_sync_is_behind_and_stop_when_asked(
     finally:
         v.close()
 
-    slow = ContinuousVerifier(
-        src_client,
-        dst_client,
-        NamespaceFilter.from_rules(NamespaceRules(include=[f"{dbname}.*"])),
-        lambda ts, timeout: True,
-        batch_size=100,
-        partitioning="whole",
-        sync_behind=lambda: True,  # never catches up: the scan waits at its first batch
-    )
+    slow = verifier(lambda: True)  # the sync never catches up: the scan waits at its first batch
     try:
         slow.start()
         time.sleep(0.5)
