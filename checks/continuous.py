@@ -71,6 +71,8 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 30.0
 """How long a re-read waits for the sync to apply past it before the document is left for the next round."""
 MAX_LISTED = 100  # differing documents named in a status or report per namespace
+BATCH_GAP = 2.0
+"""A gap between two batches longer than this is not one batch's read time (a new scan, or a drain between)."""
 YIELD_LIMIT = 60.0
 """Longest a background scan waits between two batches for the sync to catch up (a cursor must not idle out)."""
 
@@ -276,6 +278,11 @@ class ContinuousVerifier:
         self.sync_busy = sync_busy or (lambda: False)
         self.duty_cycle = min(1.0, max(0.01, duty_cycle))
         self._batch_clock = threading.local()  # per scanning thread: when its last batch was handed out
+        self._last_drain = 0.0
+        self._draining = False  # a drain runs (re-reads inside it must not start another)
+        self._reread_pool = ThreadPoolExecutor(1, thread_name_prefix="cverify-reread")  # free while a scan runs
+        self._reread_docs = 0
+        self._reread_seconds = 0.0
         self.yielded_seconds = 0.0  # time spent waiting for the sync (status)
         self.proofs: dict[str, NsProof] = {}
         self.passes = 0  # full rounds over every namespace
@@ -329,6 +336,7 @@ class ContinuousVerifier:
         self.freeze(timeout=30.0)
         self.dirty.active = False
         self._side_pool.shutdown(wait=False)
+        self._reread_pool.shutdown(wait=False)
 
     # -- the background loop ----------------------------------------------------------
     def _run(self) -> None:
@@ -368,12 +376,34 @@ class ContinuousVerifier:
                     return
                 if part.proven_at is None or self._stale(part):
                     self._hash(proof, part)
-            self._recheck_dirty(proof)
-            self._settle(proof)
+                self._maybe_drain()
+        self._drain_all()
         if all(p.complete for p in self.proofs.values()):
             self.passes += 1
         self._report_new()
         self._progress()
+
+    def _maybe_drain(self) -> None:
+        """Re-read what the sync touched once every ``interval`` even in the middle of a long pass, so the
+        dirty set (and what the cutover re-reads) stays about one interval's worth of writes."""
+        if time.monotonic() - self._last_drain >= self.interval:
+            self._drain_all()
+
+    def _drain_all(self) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            with self._lock:
+                proofs = list(self.proofs.values())
+            for proof in proofs:
+                if self._stop.is_set():
+                    return
+                self._recheck_dirty(proof)
+                self._settle(proof)
+            self._last_drain = time.monotonic()
+        finally:
+            self._draining = False
 
     def _namespaces(self) -> set[str]:
         """In-scope namespaces with data on either side (views and time-series have no partitions)."""
@@ -395,11 +425,11 @@ class ContinuousVerifier:
             self.proofs[ns] = proof
         return proof
 
-    def _verifier(self, ns: str) -> PartitionVerifier:
+    def _verifier(self, ns: str, pool: ThreadPoolExecutor | None = None) -> PartitionVerifier:
         v = PartitionVerifier(
             _raw_coll(self.src, ns),
             _raw_coll(self.dst, ns),
-            self._side_pool,
+            pool or self._side_pool,
             batch_size=self.batch_size,
             ignore_field_order=False,
         )
@@ -412,8 +442,9 @@ class ContinuousVerifier:
         reached), then say whether to stop."""
         t0 = time.monotonic()
         last = getattr(self._batch_clock, "t", None)
-        if last is not None and self.duty_cycle < 1.0 and self.sync_busy():
-            self._stop.wait((t0 - last) * (1.0 / self.duty_cycle - 1.0))  # the batch's read time, scaled
+        took = t0 - last if last is not None else None
+        if took is not None and took < BATCH_GAP and self.duty_cycle < 1.0 and self.sync_busy():
+            self._stop.wait(took * (1.0 / self.duty_cycle - 1.0))  # the batch's read time, scaled
         while not self._stop.is_set() and self.sync_behind() and time.monotonic() - t0 < YIELD_LIMIT:
             self._stop.wait(0.2)
         if self.max_docs_per_second:
@@ -421,7 +452,9 @@ class ContinuousVerifier:
         now = time.monotonic()
         with self._lock:
             self.yielded_seconds += now - t0
-        self._batch_clock.t = now
+        if threading.current_thread() is self._thread and not self._stop.is_set():
+            self._maybe_drain()  # a long scan does not hold back the re-reads of what the sync changes
+        self._batch_clock.t = time.monotonic()
         return self._stop.is_set()
 
     def _stale(self, part: PartProof) -> bool:
@@ -474,11 +507,12 @@ class ContinuousVerifier:
 
     def _reread(self, ns: str, entries: list[Entry]) -> list[Entry]:
         """The entries whose documents differ now (each side read once, concurrently)."""
-        v = self._verifier(ns)
+        v = self._verifier(ns, self._reread_pool)
         still: list[Entry] = []
         t0 = time.monotonic()
+        background = threading.current_thread() is self._thread
         for part in chunks(entries):
-            if v.stop is not None and v.stop():
+            if background and self._stop.is_set():
                 raise Interrupted(ns)  # the caller hands the ids back (the cutover re-reads them)
             src_docs, dst_docs = v.fetch_both([e.key for e in part])
             for e in part:
@@ -486,9 +520,11 @@ class ContinuousVerifier:
                 bucket = classify(s, d, False)
                 if bucket is not None:
                     still.append(Entry(e.key, digest(s) if s else None, digest(d) if d else None, bucket))
-        took = time.monotonic() - t0
-        if entries and took > 0:
-            self.recheck_docs_per_s = len(entries) / took
+        with self._lock:
+            self._reread_docs += len(entries)
+            self._reread_seconds += time.monotonic() - t0
+            if self._reread_docs >= 100 and self._reread_seconds > 0:
+                self.recheck_docs_per_s = self._reread_docs / self._reread_seconds
         return still
 
     def _settle(self, proof: NsProof) -> None:
