@@ -274,13 +274,14 @@ def test_a_difference_found_during_the_sync_refuses_the_cutover_in_the_form_and_
     dst_client: MongoClient,
     dbname: str,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Issue 17: a document changed on the destination during the sync is named (namespace and _id) before
     the cutover; `livemigrate cutover` and the form both refuse with that reason; once the destination is put
     right the same form cuts over, re-reading only what changed, and the outcome carries the downtime."""
     import json
 
-    from flows.operate import decision_cli
+    from flows.operate import decision_cli, describe_cli
 
     src_client[dbname]["c"].insert_many([{"_id": i, "v": i} for i in range(1200)])
     path = write_config(tmp_path, pair, dbname)
@@ -298,6 +299,10 @@ def test_a_difference_found_during_the_sync_refuses_the_cutover_in_the_form_and_
     assert differing() == [{"ns": f"{dbname}.c", "_id": "600", "kind": "changed"}]
     code = decision_cli(path, "cutover", approver="erin", reason="", yes=True, as_json=True)
     assert code == 1
+    capsys.readouterr()
+    assert describe_cli(path, as_json=False, name=None) == 0
+    shown = capsys.readouterr().out
+    assert "_id 600 (changed)" in shown and "differences: 1" in shown and "downtime estimate" in shown, shown
     from prefect.client.orchestration import get_client
 
     from flows.artifacts import artifact_key
@@ -324,6 +329,9 @@ def test_a_difference_found_during_the_sync_refuses_the_cutover_in_the_form_and_
     down = t.result["cutover"]["downtime"]
     assert down["final_verification"] == "incremental" and down["seconds"] > 0
     assert json.loads(json.dumps(t.result["downtime"])) == down  # describe carries it too
+    capsys.readouterr()
+    assert describe_cli(path, as_json=False, name=None) == 0
+    assert "downtime" in capsys.readouterr().out
     assert_same_data(src_client, dst_client, [dbname])
 
 
