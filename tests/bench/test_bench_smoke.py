@@ -93,6 +93,7 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     assert targets == {
         "downtime_10x_data",
         "sync_with_verification",
+        "sync_lag_with_verification",
         "clone_vs_naive",
         "clone_vs_ingest_limit",
         "sync_sustained_vs_capacity",
