@@ -58,9 +58,9 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         out["orchestration_overhead"] = f["overhead"]
     if d := results.get("downtime"):
         out["downtime_10x_data"] = d["ratio_large_to_small"]
-        out["sync_with_verification"] = d["sync_cost"]["events_per_s_ratio_on_to_off"]
-        lag = d["sync_cost"]["lag_p99_s"]
-        out["sync_lag_with_verification"] = ratio(lag["on"], lag["off"])
+        if cost := d.get("sync_cost"):
+            out["sync_with_verification"] = cost["events_per_s_ratio_on_to_off"]
+            out["sync_lag_with_verification"] = ratio(cost["lag_p99_s"]["on"], cost["lag_p99_s"]["off"])
     return out
 
 
@@ -227,7 +227,7 @@ def _downtime(d: dict[str, Any] | None) -> list[str]:
                     ("equal" if x["independent_compare"]["exit"] == 0 else f"exit {x['independent_compare']['exit']}"),
                 )
             )
-    c = d["sync_cost"]
+    c = d.get("sync_cost")
     for size in ("small", "large"):
         det = d[size]["after"].get("final_checks_detail") or {}
         if det:
@@ -242,12 +242,15 @@ def _downtime(d: dict[str, Any] | None) -> list[str]:
         + f" ({_without_counts(d)}x without the final document counts, which the test server answers by scanning;"
         + " MongoDB reads them from collection metadata). "
         + f"Background pass over {d['large']['docs']:,} documents: {d['large']['background_pass_seconds']} s.",
-        "",
-        f"The sync at {c['rate_ops_per_s']:g} ops/s with the background verification off and on: events applied "
-        f"{c['off']['events_applied']} vs {c['on']['events_applied']} (ratio {c['events_per_s_ratio_on_to_off']}), "
-        f"lag p99 {c['lag_p99_s']['off']} s vs {c['lag_p99_s']['on']} s, achieved writer rate "
-        f"{c['off']['achieved_ops_per_s']} vs {c['on']['achieved_ops_per_s']} ops/s.",
     ]
+    if c:
+        lines += [
+            "",
+            f"The sync at {c['rate_ops_per_s']:g} ops/s with the background verification off and on: events applied "
+            f"{c['off']['events_applied']} vs {c['on']['events_applied']} (ratio {c['events_per_s_ratio_on_to_off']}), "
+            f"lag p99 {c['lag_p99_s']['off']} s vs {c['lag_p99_s']['on']} s, achieved writer rate "
+            f"{c['off']['achieved_ops_per_s']} vs {c['on']['achieved_ops_per_s']} ops/s.",
+        ]
     return lines
 
 

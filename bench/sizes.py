@@ -93,7 +93,7 @@ SMOKE = Sizes(
     downtime_docs=(300, 900),
     downtime_rate=50.0,
     downtime_after_proof_s=0.2,
-    downtime_sync_seconds=1.0,
+    downtime_sync_seconds=0.0,
 )
 
 PRESETS = {"full": FULL, "smoke": SMOKE}
