@@ -65,6 +65,7 @@ from tasks.errors import classify as classify_error
 from tasks.mongo import latest_optime
 from tasks.namespaces import NamespaceFilter
 from tasks.partition import IdRange, plan_ranges
+from tasks.state import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,6 @@ BATCH_GAP = 2.0
 """A gap between two batches longer than this is not one batch's read time (a new scan, or a drain between)."""
 YIELD_LIMIT = 60.0
 """Longest a background scan waits between two batches for the sync to catch up (a cursor must not idle out)."""
-
-
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def id_text(key: bytes) -> str:
@@ -199,10 +196,6 @@ class DirtySet:
             cur.update(ids)
             self._size += len(cur) - before
 
-    def peek(self, ns: str) -> set[bytes]:
-        with self._lock:
-            return set(self._ids.get(ns, ()))
-
     def size(self, ns: str | None = None) -> int:
         with self._lock:
             return self._size if ns is None else len(self._ids.get(ns, ()))
@@ -307,7 +300,7 @@ class ContinuousVerifier:
             if self._frozen or (self._thread is not None and self._thread.is_alive()):
                 return
             self.dirty.active = True
-            self.started_at = self.started_at or now_utc()
+            self.started_at = self.started_at or utcnow()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="continuous-verify", daemon=True)
             self._thread.start()
@@ -466,7 +459,7 @@ class ContinuousVerifier:
         by anything but the sync) is found by hashing again."""
         if self.rehash_seconds is None or part.proven_at is None:
             return False
-        return (now_utc() - part.proven_at).total_seconds() >= self.rehash_seconds
+        return (utcnow() - part.proven_at).total_seconds() >= self.rehash_seconds
 
     def _hash(self, proof: NsProof, part: PartProof) -> None:
         t0 = time.monotonic()
@@ -478,7 +471,7 @@ class ContinuousVerifier:
         with self._lock:
             for e in out.entries:
                 proof.suspects[e.key] = e
-            part.docs, part.proven_at = n, now_utc()
+            part.docs, part.proven_at = n, utcnow()
         self._progress()
 
     def _progress(self) -> None:
@@ -507,7 +500,7 @@ class ContinuousVerifier:
         with self._lock:
             for e in differing:
                 proof.suspects[e.key] = e
-            proof.rechecked_at = now_utc()
+            proof.rechecked_at = utcnow()
 
     def _reread(self, ns: str, entries: list[Entry]) -> list[Entry]:
         """The entries whose documents differ now (each side read once, concurrently)."""
@@ -614,7 +607,7 @@ class ContinuousVerifier:
             "differing": self.differences(),
             "yielded_to_sync_seconds": round(self.yielded_seconds, 1),
             "error": self.error,
-            "updated_at": now_utc().isoformat(),
+            "updated_at": utcnow().isoformat(),
         }
 
     def estimate_final_seconds(self, docs_by_ns: dict[str, int]) -> float:
@@ -641,7 +634,7 @@ class ContinuousVerifier:
         """
         if not self.freeze():
             raise LiveMigrateError("the continuous verification could not be stopped; verify in full")
-        started = now_utc()
+        started = utcnow()
         result = VerifyResult(
             settings={"mode": "incremental", "partition_docs": self.partition_docs, "partitioning": self.partitioning}
         )
@@ -661,7 +654,7 @@ class ContinuousVerifier:
             raise classify_error(exc, "final verification") from exc
         result.settings["timings"] = {k: round(v, 3) for k, v in timings.items()}
         result.namespaces = [self._ns_result(st, started, max_listed) for st in states]
-        result.finished_at = now_utc()
+        result.finished_at = utcnow()
         log.info("final verification (incremental) %s: %s", "equal" if result.equal else "different", result.totals())
         return result
 
@@ -727,7 +720,7 @@ class ContinuousVerifier:
         with self._lock:
             proof.suspects.clear()
             proof.persistent = {e.key: e for e in differing}
-            proof.rechecked_at = now_utc()
+            proof.rechecked_at = utcnow()
 
     def _ns_result(self, st: _NsState, started: dt.datetime, max_listed: int) -> Any:
         res = st.result(max_listed)
@@ -749,16 +742,4 @@ class ContinuousVerifier:
         return res
 
 
-def wait_applied_fn(runner: Any) -> WaitApplied:
-    """The sync runner's "applied through" as the verifier's wait (False when the sync stopped or timed out)."""
-
-    def wait(target: Timestamp, timeout: float) -> bool:
-        try:
-            return bool(runner.wait(lambda st: runner.applied_through(target), timeout))
-        except LiveMigrateError:
-            return False
-
-    return wait
-
-
-__all__ = ["ContinuousVerifier", "DirtySet", "event_id_key", "wait_applied_fn"]
+__all__ = ["ContinuousVerifier", "DirtySet", "event_id_key"]
