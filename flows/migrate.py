@@ -299,7 +299,7 @@ def migrate_flow(
 
     def tick(st: Any) -> None:
         metrics.sync_tick(cfg.name, st)
-        metrics.verification(cfg.name, m.verifier.status() if m.verifier else None, m.last_estimate)
+        metrics.verification(cfg.name, m.last_status, m.last_estimate)  # as published (every 2 s at most)
 
     m.on_tick = tick
     flow_context = contextvars.copy_context()  # the run's context, for artifacts made by background threads

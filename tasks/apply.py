@@ -148,6 +148,11 @@ def event_ns(event: Any) -> tuple[str, str] | None:
     return ns.get("db", ""), ns.get("coll", "") or ""
 
 
+def rename_target(event: Any) -> Any:
+    """A rename event's new name ``{db, coll}``: top level ``to``, or in ``operationDescription`` (7.0/8.0)."""
+    return event.get("to") or (event.get("operationDescription") or {}).get("to") or {}
+
+
 def data_write(event: Any) -> Write:
     """The converging write for a data event."""
     db, coll = event_ns(event) or ("", "")
@@ -255,7 +260,7 @@ class Applier:
         elif op in ("drop", "create"):
             self.observer.reset(f"{db}.{coll}", op)
         elif op == "rename":
-            to = ev.get("to") or (ev.get("operationDescription") or {}).get("to") or {}
+            to = rename_target(ev)
             self.observer.reset(f"{db}.{coll}", "renamed away")
             self.observer.reset(f"{to.get('db', '')}.{to.get('coll', '')}", "renamed into, copied afresh")
 
@@ -438,7 +443,7 @@ class Applier:
         if isinstance(ev, RawBSONDocument):
             ev = decode(ev.raw)
         db, coll = event_ns(ev) or ("", "")
-        to = ev.get("to") or (ev.get("operationDescription") or {}).get("to") or {}
+        to = rename_target(ev)
         old, new = Namespace(db, coll), Namespace(str(to.get("db", "")), str(to.get("coll", "")))
         old_in, new_in = self.in_scope_ns(old), bool(new.coll) and self.in_scope_ns(new)
         if not old_in and not new_in:

@@ -158,6 +158,7 @@ class Migration:
         self._full_verification = False  # the approved cutover asked for a full verification
         self._status_at = 0.0
         self.last_estimate: dict[str, Any] | None = None  # the downtime estimate last published
+        self.last_status: dict[str, Any] | None = None  # the background verification's status last published
 
     def close(self) -> None:
         self._verifying = False  # a last sync tick must not start the verification again
@@ -391,7 +392,7 @@ class Migration:
             self.last_estimate = self.downtime_estimate()
             fields: dict[str, Any] = {"downtime_estimate": self.last_estimate}
             if self.verifier is not None:
-                fields["continuous_verification"] = self.verifier.status()
+                self.last_status = fields["continuous_verification"] = self.verifier.status()
             self.store.update(self.name, **fields)
         except (PyMongoError, LiveMigrateError) as exc:
             log.debug("verification status not stored: %s", exc)
