@@ -243,3 +243,17 @@ def test_background_scans_wait_while_the_sync_is_behind_and_stop_when_asked(
         assert not slow.running()
     finally:
         slow.close()
+
+
+def test_a_sharded_document_key_is_keyed_by_its_id_alone() -> None:
+    """On a sharded collection MongoDB's change events carry the shard key fields in ``documentKey`` before
+    ``_id`` (manual, "Change Events", documentKey: "For sharded collections, also displays the full shard
+    key"; 7.0/8.0): the dirty set keys the document by its ``_id`` bytes, as verification keys a stored one."""
+    import bson
+    from bson.raw_bson import RawBSONDocument
+
+    from checks.verify_bson import id_key
+
+    sharded = RawBSONDocument(bson.encode({"region": "eu", "tenant": bson.Int64(7), "_id": bson.ObjectId(b"a" * 12)}))
+    stored = bson.encode({"_id": bson.ObjectId(b"a" * 12), "region": "eu", "tenant": bson.Int64(7), "v": 1})
+    assert event_id_key(sharded) == id_key(stored)
