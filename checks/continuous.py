@@ -326,6 +326,11 @@ class ContinuousVerifier:
                 return False
         return True
 
+    def thaw(self) -> None:
+        """A refused cutover: the background thread may start again (its proofs held, recording went on)."""
+        with self._life:
+            self._frozen = not self.usable
+
     def close(self) -> None:
         self.freeze(timeout=30.0)
         self.dirty.active = False

@@ -7,6 +7,8 @@ CLI shows; updates are throttled (every few seconds, never per batch).
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +19,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from flows.status import status_markdown, verification_lines
 from tasks.progress import Throttle
 
 log = logging.getLogger(__name__)
@@ -87,54 +90,65 @@ def table(name: str, what: str, rows: list[dict[str, Any]], description: str = "
         log.warning("could not create the %s artifact: %s", what, type(exc).__name__)
 
 
-def status_markdown(d: dict[str, Any]) -> str:
-    """A short report of `describe`'s output for artifacts and the pause form."""
-    lag = d["lag"]
-    win = d["window"]
-    left = win.get("seconds_left")
-    left_s = f"{left / 3600:.1f} h" if left is not None else "not open yet"
-    lines = [
-        f"### Migration `{d['name']}`: {d['phase']}",
-        "",
-        f"- **Lag (optime gap):** {lag.get('lag_seconds')} s, {lag.get('events_per_second')} events/s applied,"
-        f" {lag.get('applied_events')} events in all",
-        f"- **Copied:** {d['clone']['docs']} documents, {d['clone']['bytes']} bytes in"
-        f" {d['clone']['partitions_done']}/{d['clone']['partitions']} partitions",
-        f"- **Cutover window left:** {left_s} (extensions: {win.get('extensions')})",
-        f"- **Source:** {d['source']}  **Destination:** {d['destination']}",
-    ]
-    lines += verification_lines(d)
-    if d.get("warnings"):
-        lines += ["", "**Warnings:**"] + [f"- {w}" for w in d["warnings"]]
-    return "\n".join(lines)
+class LiveStatus:
+    """One keyed markdown artifact, ``<name>-status``, rewritten in place every few seconds.
 
+    Why: the form and the ``ready`` artifact are snapshots; the engineer deciding at the pause needs
+    the numbers as they are now (is the application still writing? how long is left?).  The artifact
+    is created once in the flow run's context and then patched by id (one artifact, not thousands of
+    versions); a failed update is retried at the next tick and never touches the migration.
+    """
 
-def verification_lines(d: dict[str, Any]) -> list[str]:
-    """The background verification and the downtime (estimated before, measured after the cutover)."""
-    lines: list[str] = []
-    cv = d.get("continuous_verification")
-    if cv:
-        lines.append(
-            f"- **Verified during the sync:** {cv.get('partitions_proven')}/{cv.get('partitions')} partitions"
-            f" ({cv.get('docs_proven')} documents), {cv.get('dirty_documents')} changed since, to re-read at the cutover"
-        )
-        if cv.get("differences"):
-            lines.append(
-                f"- **Differences (cutover refused until resolved, or choose a full verification):** {cv['differences']}"
+    def __init__(self, name: str, render: Callable[[], str], every: float = 5.0) -> None:
+        self.name, self.render, self.every = name, render, every
+        self.artifact_id: UUID | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-status", daemon=True)
+
+    def start(self) -> LiveStatus:
+        try:
+            self.artifact_id = create_markdown_artifact(  # type: ignore[assignment]  # sync call returns a UUID
+                self.render(), key=artifact_key(self.name, "status"), description="live status (as of the time shown)"
             )
-            lines += [f"  - `{x['ns']}` _id `{x['_id']}` ({x['kind']})" for x in cv.get("differing", [])[:10]]
-        if cv.get("error"):
-            lines.append(f"- **Verification paused:** {cv['error']}")
-    est = d.get("downtime_estimate")
-    if est and not d.get("downtime"):
-        parts = ", ".join(f"{k} {v:g} s" for k, v in est["parts"].items())
-        lines.append(
-            f"- **Downtime estimate:** {est['seconds']:g} s ({parts}; {est['final_verification']} verification)"
-        )
-    done = d.get("downtime")
-    if done:
-        parts = ", ".join(f"{k} {v:.2f} s" for k, v in done["parts"].items())
-        lines.append(
-            f"- **Downtime:** {done['seconds']:.2f} s ({parts}; {done.get('final_verification')} verification)"
-        )
-    return lines
+        except Exception as exc:  # noqa: BLE001 - artifacts are best effort
+            log.warning("could not create the live status artifact: %s", type(exc).__name__)
+            return self
+        self._thread.start()
+        return self
+
+    def push(self) -> None:
+        if self.artifact_id is None:
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self.artifact_id, ArtifactUpdate(data=self.render()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.push()
+            except Exception as exc:  # noqa: BLE001 - retried next tick
+                log.debug("live status update failed: %s", exc)
+
+    def stop(self) -> None:
+        """A last update (the final phase), then no more."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        try:
+            self.push()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("live status final update failed: %s", exc)
+
+
+__all__ = [
+    "CloneProgressArtifact",
+    "LiveStatus",
+    "artifact_key",
+    "markdown",
+    "status_markdown",
+    "table",
+    "verification_lines",
+]

@@ -22,8 +22,9 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from flows.artifacts import CloneProgressArtifact, markdown, status_markdown, table
+from flows.artifacts import CloneProgressArtifact, LiveStatus, artifact_key, markdown, table
 from flows.common import config_param
+from flows.status import cutover_plan_markdown, live_status_markdown, status_markdown
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
 from tasks.metrics import Metrics
@@ -34,16 +35,18 @@ log = logging.getLogger(__name__)
 
 CONFIRM_TEXT = "I confirm that I am ready to cut over the application to the destination cluster"
 POLL_SECONDS = 1
+STATUS_SECONDS = 5.0  # the live status artifact's refresh
 
 
 class CutoverDecision(RunInput):
     """The form an on-call engineer fills in (Prefect UI) or `livemigrate cutover` sends."""
 
+    # Required, and nothing preselected: the engineer chooses (Prefect's form marks the rest "(Optional)").
     action: Literal["cutover", "extend", "cancel"] = Field(
-        "cutover", description="cut over now, extend the window by 24 h, or cancel"
+        description="cutover: stop writes and finish now; extend: add 24 h to the window; cancel: stop the migration"
     )
-    confirm: bool = Field(False, title=CONFIRM_TEXT, description="required for a cutover")
-    approver: str = Field("", description="who decides (recorded with the decision)")
+    confirm: bool = Field(title=CONFIRM_TEXT, description="must be ticked for a cutover")
+    approver: str = Field(min_length=1, description="who decides (recorded with the decision)")
     reason: str = Field("", description="why (recorded with the decision)")
     full_verification: bool = Field(
         False,
@@ -96,13 +99,18 @@ def clone_stage(m: Migration, metrics: Metrics) -> dict[str, int]:
     return {"docs": stats.docs, "bytes": stats.bytes, "partitions": stats.partitions}
 
 
+def _rules(m: Migration) -> dict[str, float]:
+    return {"max_lag_seconds": m.cfg.cutover.max_lag_seconds, "ready_after_seconds": m.cfg.cutover.ready_after_seconds}
+
+
 @task(name="wait-until-ready", cache_policy=NONE)
 def ready_stage(m: Migration) -> dict[str, Any]:
     runner = m.start_sync()
     while not runner.wait(lambda st: st.ready, 10.0):
         get_run_logger().info("sync catching up: lag %s s", runner.state.lag_seconds)
+    runner.status.persist(force=True)  # the window opens with the first ready state: record it before the snapshot
     d = describe(m.store, m.name)
-    markdown(m.name, "ready", status_markdown(d), "ready to cut over")
+    markdown(m.name, "ready", status_markdown(d, _rules(m)), "ready to cut over (snapshot; live: the status artifact)")
     try:
         emit_event(
             "livemigrate.migration.ready",
@@ -133,10 +141,13 @@ def cutover_stage(
             log.debug("verification table artifact: %s", exc)
         return summary
 
-    if resume:
-        res = m.resume_cutover(verify)
-    else:
-        res = m.cutover(approver, reason, verify, full_verification=full_verification)
+    try:
+        if resume:
+            res = m.resume_cutover(verify)
+        else:
+            res = m.cutover(approver, reason, verify, full_verification=full_verification)
+    except CutoverRefused as exc:  # e.g. writes keep arriving: nothing changed, the flow pauses again
+        return {"refused": exc.one_line()}
     return {
         "phase": res.phase.value,
         "destination_ready_at": res.destination_ready_at.isoformat() if res.destination_ready_at else None,
@@ -199,18 +210,33 @@ class DecisionRelay:
                 log.debug("decision relay: %s", exc)
 
 
-def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay) -> CutoverDecision | None:
+def form_description(m: Migration) -> str:
+    """The pause form's text: the status as of now, what a cutover will do here, and what to choose."""
     d = describe(m.store, m.name)
-    left = d["window"]["seconds_left"]
+    blocks, how = m.write_block_plan()
+    plan = cutover_plan_markdown(
+        blocks=blocks,
+        how=how,
+        drain_timeout=m.cfg.cutover.drain_timeout_seconds,
+        final_verification=m.cfg.cutover.final_verification,
+        restores=m.store.load(m.name).index_restores,
+    )
+    return (
+        status_markdown(d, _rules(m))
+        + f"\n\nThe figures above are a snapshot; the **`{artifact_key(m.name, 'status')}`** artifact (Artifacts tab)"
+        f" is rewritten every {STATUS_SECONDS:g} s with the lag, the latest write and the time left.\n\n"
+        + plan
+        + "\n\nChoose **cutover** (tick the confirmation; stop the application's writes first), **extend**"
+        f" (+{m.cfg.cutover.extension_hours:g} h) or **cancel**. A refused request is logged in the run's log with"
+        " its reason, and the run pauses again."
+    )
+
+
+def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay) -> CutoverDecision | None:
+    left = m.window_left()
     if left is not None and left <= 0:
         return None
-    form = CutoverDecision.with_initial_data(
-        description=status_markdown(d)
-        + "\n\nChoose **cutover** (tick the confirmation), **extend** (+24 h) or **cancel**. "
-        "Stop your application's writes to the source before cutting over.",
-        action="cutover",
-        approver="",
-    )
+    form = CutoverDecision.with_initial_data(description=form_description(m))
     relay.paused.set()
     try:
         return pause_flow_run(
@@ -273,12 +299,66 @@ def _outcome(
         "outcome",
         status_markdown(d)
         + f"\n\n- **Cutover approved by:** {approver} ({reason})"
-        + f"\n- **Destination ready to accept writes:** {result['destination_ready_at']}"
-        + f"\n- **Migration complete:** {result['completed_at']}"
         + "".join(f"\n- **Warning:** {w}" for w in result["warnings"]),
         "migration complete",
     )
     return {**d, "cutover": result}
+
+
+def _config_hint(config: str | dict[str, Any]) -> str:
+    return f"--config {config}" if isinstance(config, str) else "--config <your config file>"
+
+
+def _failure_outcome(m: Migration, exc: BaseException, config: str | dict[str, Any]) -> None:
+    """A failed run says what failed, the state both clusters are in, and the next command to run."""
+    what = exc.one_line() if isinstance(exc, LiveMigrateError) else f"{type(exc).__name__}: {exc}"
+    try:
+        doc = m.store.get(m.name)
+        d = describe(m.store, m.name) if doc is not None else None
+    except Exception:  # noqa: BLE001 - the destination may be the thing that failed
+        doc, d = None, None
+    if doc is None:
+        state = "- **Clusters:** nothing was copied or changed (the migration record was not created)."
+    else:
+        blocked = (
+            "**write-blocked** (run `db.adminCommand({setUserWriteBlockMode: 1, global: false})` on it to reopen it)"
+            if doc.write_blocked
+            else "open for writes (livemigrate does not hold it blocked)"
+        )
+        state = (
+            f"- **Phase:** {doc.phase.value}\n- **Source:** unchanged by livemigrate except its writes: {blocked}.\n"
+            f"- **Destination:** holds a partial copy ({d['clone']['docs'] if d else '?'} documents copied); it must"
+            " not take application writes."
+        )
+    hint = _config_hint(config)
+    markdown(
+        m.name,
+        "outcome",
+        f"### Migration `{m.name}` failed\n\n- **What failed:** {what}\n{state}\n\n"
+        f"**Next:** fix the cause, then run `livemigrate migrate {hint}` (or run this deployment again with the same"
+        f" `config`): it resumes from its checkpoint. `livemigrate describe {hint}` shows the details;"
+        f" `livemigrate cancel {hint} --approver <you>` gives up (the destination keeps what was copied).",
+        "migration failed",
+    )
+
+
+class _RunLogBridge(logging.Handler):
+    """The engine's warnings (drain waits, "writes keep arriving", retries) in the flow run's log in the UI.
+
+    Why: the engine logs with the standard library (it runs without Prefect too); the Prefect run
+    log only receives its own loggers.  Records from background threads (the sync) carry no run
+    context, so they go through the run logger captured when the flow started.
+    """
+
+    def __init__(self, run_logger: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.run_logger = run_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.run_logger.log(record.levelno, "%s", record.getMessage())
+        except Exception:  # noqa: BLE001 - logging never breaks the migration
+            self.handleError(record)
 
 
 @flow(name="migrate", log_prints=False)
@@ -287,8 +367,15 @@ def migrate_flow(
 ) -> dict[str, Any]:
     """Migrate one deployment into another with an approval-gated cutover.
 
-    ``config`` is the path of the YAML file on the worker (or a mapping without
-    URIs that names a `link`); credentials never travel as flow parameters.
+    Args:
+        config: Path of the migration YAML on the worker (relative to the repository root, or absolute), or the
+            config itself as a mapping that names a `link` or per-endpoint `secret:` blocks. Never a URI with a
+            password: credentials come from Prefect Secret blocks.
+        restart: Discard the stored migration of the same name and start again from the beginning. Leave off to
+            resume a stopped or failed migration where it left off.
+        report_dir: Directory on the worker for the verification and migration reports (HTML). Empty: the
+            reports are only artifacts and records in the destination's metadata.
+        skip_prechecks: Do not run the prechecks first (they always run unless the migration is resuming).
     """
     logger = get_run_logger()
     cfg = config_param(config)
@@ -304,19 +391,23 @@ def migrate_flow(
     m.on_tick = tick
     flow_context = contextvars.copy_context()  # the run's context, for artifacts made by background threads
     m.on_difference = lambda found: flow_context.copy().run(_report_differences, m, found)
+    bridge = _RunLogBridge(logger)
+    engine_loggers = [logging.getLogger("tasks"), logging.getLogger("checks")]
+    for lg in engine_loggers:
+        lg.addHandler(bridge)
+    live: LiveStatus | None = None
     if cfg.tuning.metrics_port is not None:
         _, port = metrics.serve(cfg.tuning.metrics_port)
         logger.info("Prometheus metrics on http://127.0.0.1:%s/metrics", port)
     existing = m.store.get(cfg.name)
     resuming = existing is not None and existing.phase not in (Phase.COMPLETE, Phase.CANCELLED, Phase.EXPIRED)
-    if not skip_prechecks and not resuming:
-        try:
-            prechecks_stage(cfg)
-        except BaseException:
-            m.close()
-            raise
     try:
+        if not skip_prechecks and not resuming:
+            prechecks_stage(cfg)
         metrics.phase(cfg.name, begin_stage(m, restart, flow_run_id))
+        live = LiveStatus(
+            cfg.name, lambda: live_status_markdown(describe(m.store, m.name), _rules(m), STATUS_SECONDS), STATUS_SECONDS
+        ).start()
         clone_stage(m, metrics)
         interrupted = m.interrupted_cutover()
         if interrupted is not None:
@@ -324,78 +415,109 @@ def migrate_flow(
             logger.warning("resuming the cutover approved by %s", interrupted.approver or "(unnamed)")
             metrics.phase(cfg.name, Phase.CUTTING_OVER.value)
             result = cutover_stage(m, interrupted.approver, interrupted.reason, report_dir, resume=True)
-            return _outcome(
-                m, interrupted.approver, interrupted.reason + " (resumed after a crash)", result, report_dir
+            if "refused" not in result:
+                return _outcome(
+                    m, interrupted.approver, interrupted.reason + " (resumed after a crash)", result, report_dir
+                )
+            m.record_decision(
+                Decision(action="cutover-refused", approver=interrupted.approver, reason=result["refused"])
             )
+            markdown(m.name, "decision", f"Resumed cutover refused: {result['refused']}")
+            logger.warning("resumed cutover refused: %s; the sync goes on and asks again", result["refused"])
         metrics.phase(cfg.name, Phase.SYNCING.value)
         ready_stage(m)
-        n = 0
-        with DecisionRelay(m, flow_run_id or "") as relay:
-            while True:
-                n += 1
-                decision = _pause_for_decision(m, n, relay)
-                if m.runner is not None and m.runner.state.error is not None:
-                    raise m.runner.state.error  # the sync failed while paused (the relay woke the pause)
-                if decision is None or relay.signal == "window_expired":
-                    m.expire()
-                    publish_report(m, report_dir)
-                    d = describe(m.store, m.name)
-                    markdown(m.name, "outcome", status_markdown(d) + f"\n\n**Expired.** {d['error']}", "window expired")
-                    logger.warning("cutover window expired: the sync stopped")
-                    return d
-                logger.info("decision: %s by %s", decision.action, decision.approver or "(unnamed)")
-                verdict = m.judge(
-                    decision.action,
-                    decision.approver,
-                    confirm=decision.confirm,
-                    full_verification=decision.full_verification,
-                )
-                if not verdict.accepted:
-                    m.record_decision(
-                        Decision(action=f"{decision.action}-refused", approver=decision.approver, reason=verdict.reason)
-                    )
-                    markdown(m.name, "decision", f"{decision.action.capitalize()} refused: {verdict.reason}.")
-                    logger.warning("%s refused: %s", decision.action, verdict.reason)
-                    continue
-                if decision.action == "extend":
-                    m.extend(decision.approver, decision.reason)
-                    markdown(
-                        m.name,
-                        "decision",
-                        f"Window extended by {cfg.cutover.extension_hours:g} h by **{decision.approver}**: {decision.reason}",
-                    )
-                    continue
-                if decision.action == "cancel":
-                    m.cancel(decision.approver, decision.reason)
-                    publish_report(m, report_dir)
-                    markdown(m.name, "decision", f"Migration cancelled by **{decision.approver}**: {decision.reason}")
-                    return describe(m.store, m.name)
-                markdown(
-                    m.name,
-                    "decision",
-                    f"Cutover approved by **{decision.approver}**: {decision.reason}"
-                    + (" (full verification)" if decision.full_verification else ""),
-                )
-                try:
-                    result = cutover_stage(
-                        m, decision.approver, decision.reason, report_dir, full_verification=decision.full_verification
-                    )
-                except CutoverRefused as exc:  # the numbers moved between the judgement and the cutover
-                    m.record_decision(Decision(action="cutover-refused", approver=decision.approver, reason=str(exc)))
-                    markdown(m.name, "decision", f"Cutover refused: {exc.one_line()}")
-                    logger.warning("cutover refused: %s", exc.one_line())
-                    continue
-                return _outcome(m, decision.approver, decision.reason, result, report_dir)
-    except LiveMigrateError as exc:
-        m.fail(exc)
+        return _decide(m, relay_id=flow_run_id or "", report_dir=report_dir, metrics=metrics)
+    except BaseException as exc:
+        if isinstance(exc, LiveMigrateError) and m.store.get(m.name) is not None:
+            m.fail(exc)
+        if isinstance(exc, Exception):
+            _failure_outcome(m, exc, config)
         raise
     finally:
+        for lg in engine_loggers:
+            lg.removeHandler(bridge)
         doc = m.store.get(cfg.name)
         if doc is not None:
             metrics.phase(cfg.name, doc.phase.value)
             metrics.downtime(cfg.name, doc.downtime)
+        if live is not None:
+            live.stop()
         metrics.stop()
         m.close()
 
 
-__all__ = ["CONFIRM_TEXT", "CutoverDecision", "Phase", "decision_input", "migrate_flow"]
+def _decide(m: Migration, relay_id: str, report_dir: str | None, metrics: Metrics) -> dict[str, Any]:
+    """Pause for decisions until one ends the migration: cutover, cancel, or the window's end."""
+    logger = get_run_logger()
+    cfg = m.cfg
+    n = 0
+    with DecisionRelay(m, relay_id) as relay:
+        while True:
+            n += 1
+            decision = _pause_for_decision(m, n, relay)
+            if m.runner is not None and m.runner.state.error is not None:
+                raise m.runner.state.error  # the sync failed while paused (the relay woke the pause)
+            if decision is None or relay.signal == "window_expired":
+                m.expire()
+                publish_report(m, report_dir)
+                d = describe(m.store, m.name)
+                markdown(m.name, "outcome", status_markdown(d) + f"\n\n**Expired.** {d['error']}", "window expired")
+                logger.warning("cutover window expired: the sync stopped")
+                return d
+            logger.info("decision: %s by %s", decision.action, decision.approver or "(unnamed)")
+            verdict = m.judge(
+                decision.action,
+                decision.approver,
+                confirm=decision.confirm,
+                full_verification=decision.full_verification,
+            )
+            if not verdict.accepted:
+                m.record_decision(
+                    Decision(action=f"{decision.action}-refused", approver=decision.approver, reason=verdict.reason)
+                )
+                markdown(m.name, "decision", f"{decision.action.capitalize()} refused: {verdict.reason}.")
+                logger.warning("%s refused: %s; the run pauses again", decision.action, verdict.reason)
+                continue
+            if decision.action == "extend":
+                m.extend(decision.approver, decision.reason)
+                markdown(
+                    m.name,
+                    "decision",
+                    f"Window extended by {cfg.cutover.extension_hours:g} h by **{decision.approver}**: {decision.reason}",
+                )
+                logger.info("window extended by %g h by %s", cfg.cutover.extension_hours, decision.approver)
+                continue
+            if decision.action == "cancel":
+                m.cancel(decision.approver, decision.reason)
+                publish_report(m, report_dir)
+                markdown(m.name, "decision", f"Migration cancelled by **{decision.approver}**: {decision.reason}")
+                d = describe(m.store, m.name)
+                markdown(
+                    m.name, "outcome", status_markdown(d) + f"\n\n**Cancelled** by {decision.approver}.", "cancelled"
+                )
+                return d
+            markdown(
+                m.name,
+                "decision",
+                f"Cutover approved by **{decision.approver}**: {decision.reason}"
+                + (" (full verification)" if decision.full_verification else ""),
+            )
+            metrics.phase(cfg.name, Phase.CUTTING_OVER.value)
+            try:
+                result = cutover_stage(
+                    m, decision.approver, decision.reason, report_dir, full_verification=decision.full_verification
+                )
+            except CutoverRefused as exc:  # the numbers moved between the judgement and the cutover
+                result = {"refused": exc.one_line()}
+            if "refused" in result:
+                metrics.phase(cfg.name, Phase.SYNCING.value)
+                m.record_decision(
+                    Decision(action="cutover-refused", approver=decision.approver, reason=result["refused"])
+                )
+                markdown(m.name, "decision", f"Cutover refused: {result['refused']}")
+                logger.warning("cutover refused: %s; the run pauses again", result["refused"])
+                continue
+            return _outcome(m, decision.approver, decision.reason, result, report_dir)
+
+
+__all__ = ["CONFIRM_TEXT", "CutoverDecision", "Phase", "decision_input", "form_description", "migrate_flow"]

@@ -122,6 +122,12 @@ class Cutover(_Strict):
     ready_after_seconds: float = Field(default=5.0, ge=0, description="lag must stay under max for this long")
     drain_timeout_seconds: float = Field(default=300.0, gt=0)
     quiesce_seconds: float = Field(default=2.0, ge=0, description="source optime must stay still this long")
+    quiesce_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="where writes cannot be blocked: how long an approved cutover waits for the source to "
+        "stand still before it is refused (the migration goes on syncing and asks again)",
+    )
     final_verification: Literal["incremental", "full"] = Field(
         default="incremental",
         description="incremental: after the drain, re-read only what the sync changed since the background "

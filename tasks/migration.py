@@ -157,6 +157,7 @@ class Migration:
         self._verifying = True  # the background verification may (re)start; cleared when a cutover begins
         self._full_verification = False  # the approved cutover asked for a full verification
         self._status_at = 0.0
+        self._write_plan: tuple[bool, str] | None = None
         self.last_estimate: dict[str, Any] | None = None  # the downtime estimate last published
         self.last_status: dict[str, Any] | None = None  # the background verification's status last published
 
@@ -631,7 +632,11 @@ class Migration:
             blocked = already_blocked or self._block_writes()
             clock.lap("write_block")
             if not blocked:
-                self._wait_source_quiet(result)
+                try:
+                    self._wait_source_quiet(result)
+                except CutoverRefused:
+                    self._back_to_syncing()
+                    raise
                 clock.lap("quiesce")
             target = latest_optime(self.src)
             drained = runner.wait(lambda st: runner.applied_through(target), self.cfg.cutover.drain_timeout_seconds)
@@ -680,9 +685,16 @@ class Migration:
             return result
         except BaseException as exc:
             self._unblock_writes(self.store.load(self.name))  # whatever the record says is blocked
-            if isinstance(exc, LiveMigrateError):
+            if isinstance(exc, LiveMigrateError) and not isinstance(exc, CutoverRefused):
                 self.fail(exc)
             raise
+
+    def _back_to_syncing(self) -> None:
+        """A refused cutover (the source never stood still): nothing was blocked or changed; sync on, ask again."""
+        self.store.set_phase(self.name, Phase.SYNCING)
+        self._verifying = True
+        if self.verifier is not None:
+            self.verifier.thaw()
 
     def _restore_indexes(self, restores: list[Restore]) -> None:
         """Each owed index restored, retried on transient errors, and struck off the book once done, so a
@@ -712,6 +724,34 @@ class Migration:
             wait(futures)
             for f in futures:
                 f.result()  # the first error, after every collection has finished or failed
+
+    def write_block_plan(self) -> tuple[bool, str]:
+        """Whether the cutover will block the source's writes, and why (said on the approval form).
+
+        MongoDB 6.0+ has setUserWriteBlockMode (manual: "setUserWriteBlockMode", MongoDB 6.0/7.0/8.0
+        reference); ``listCommands`` says whether this server has it.  A server that cannot tell is
+        expected to refuse it, and the cutover then watches the source stand still.  Asked once.
+        """
+        if self._write_plan is None:
+            how = (
+                f"watches the source stand still for {self.cfg.cutover.quiesce_seconds:g} s (up to "
+                f"{self.cfg.cutover.quiesce_timeout_seconds:g} s, else the cutover is refused): stop your "
+                "application's writes first"
+            )
+            try:
+                commands = self.src.admin.command("listCommands").get("commands", {})
+            except PyMongoError as exc:
+                self._write_plan = (False, f"this source does not list its commands ({type(exc).__name__}): {how}")
+            else:
+                if "setUserWriteBlockMode" in commands:
+                    self._write_plan = (
+                        True,
+                        "blocks user writes on the source with setUserWriteBlockMode (MongoDB 6.0+; if the "
+                        f"migration user lacks the privilege it {how})",
+                    )
+                else:
+                    self._write_plan = (False, f"this source has no setUserWriteBlockMode (before 6.0): {how}")
+        return self._write_plan
 
     def _block_writes(self) -> bool:
         """setUserWriteBlockMode on the source where supported and permitted.
@@ -747,15 +787,17 @@ class Migration:
     def _wait_source_quiet(self, result: CutoverResult) -> None:
         """Without write blocking: the application was stopped; confirm the source's optime stands still."""
         quiet = self.cfg.cutover.quiesce_seconds
-        deadline = time.monotonic() + self.cfg.cutover.drain_timeout_seconds
+        waited = self.cfg.cutover.quiesce_timeout_seconds
+        deadline = time.monotonic() + waited
         last: Timestamp = latest_optime(self.src)
         still_since = time.monotonic()
         warned = False
         while time.monotonic() - still_since < quiet:
             if time.monotonic() > deadline:
-                raise TerminalError(
-                    "writes keep arriving on the source: stop the application before cutting over",
-                    remedy="stop every writer to the source, then ask for the cutover again",
+                raise CutoverRefused(
+                    f"writes keep arriving on the source (its latest write moved during the {waited:g} s waited; "
+                    "livemigrate cannot block writes on this source): stop the application before cutting over",
+                    remedy="stop every writer to the source, then ask for the cutover again; the sync goes on",
                 )
             time.sleep(min(0.5, quiet / 2 or 0.1))
             now = latest_optime(self.src)

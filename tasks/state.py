@@ -78,6 +78,7 @@ class Lag(_Record):
     applied_events: int = 0
     applied_time: int | None = None  # seconds part of the last applied cluster time
     source_time: int | None = None
+    last_event_time: int | None = None  # seconds part of the latest applied change event's cluster time
     ready: bool = False  # ready to cut over now (the lag is and stayed under the bound); drops when it passes it
     updated_at: dt.datetime | None = None
 

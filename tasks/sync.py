@@ -168,6 +168,7 @@ class _InFlight:
     token: Any
     through: Timestamp | None  # every event at or before this cluster time is in this batch or an earlier one
     events: int
+    last_event: Timestamp | None = None  # the cluster time of the batch's last change event
 
 
 class SyncRunner:
@@ -371,7 +372,11 @@ class SyncRunner:
                     if batch:
                         through = self._through(batch[-1].get("clusterTime"), seen)
                         inflight = _InFlight(
-                            pool.submit(applier.apply, batch, self.state.stats), token, through, len(batch)
+                            pool.submit(applier.apply, batch, self.state.stats),
+                            token,
+                            through,
+                            len(batch),
+                            batch[-1].get("clusterTime"),
                         )
                         continue
                     applied_time = self.state.applied_time
@@ -508,6 +513,7 @@ class SyncRunner:
         # Published only once applied and checkpointed: waiters may rely on it.
         self.state.applied_events += done.events
         self.state.applied_time = done.through
+        self.state.last_event_time = done.last_event or self.state.last_event_time
         self._observe(session.operation_time, False)
 
     def _source_time_fallback(self, every: float = FALLBACK_SECONDS) -> Timestamp | None:

@@ -41,6 +41,7 @@ class SyncState:
     applied_events: int = 0
     applied_time: Timestamp | None = None  # every event at or before this cluster time is applied
     source_time: Timestamp | None = None
+    last_event_time: Timestamp | None = None  # the cluster time of the latest change event applied ("writes arriving?")
     lag_seconds: float | None = None
     events_per_second: float = 0.0
     catch_up_seconds: float | None = None
@@ -145,6 +146,7 @@ class SyncStatus:
             applied_events=st.applied_events,
             applied_time=st.applied_time.time if st.applied_time else None,
             source_time=st.source_time.time if st.source_time else None,
+            last_event_time=st.last_event_time.time if st.last_event_time else None,
             ready=st.ready,
             updated_at=utcnow(),
         )

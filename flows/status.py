@@ -1,0 +1,215 @@
+"""One rendering of a migration's status (``describe``'s output) for the pause form and the artifacts.
+
+Why: the on-call engineer reads the same facts in the form, the live ``<name>-status``
+artifact, the ``ready`` and ``outcome`` artifacts; each used to format its own
+snapshot, and they contradicted each other ("window not open yet" on a run paused
+because it was ready).  Every figure here says when it was true (UTC) and what
+rule it is measured against.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+TERMINAL_PHASES = ("complete", "cancelled", "expired", "failed")
+
+
+def utc_text(value: str | dt.datetime | None) -> str:
+    """A timestamp as ``2026-12-01 03:50:12 UTC`` (stored datetimes are UTC, some without a zone)."""
+    if value is None:
+        return "-"
+    t = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def human_bytes(n: float | int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(size) < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # pragma: no cover - the loop returns
+
+
+def human_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s < 120:
+        return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def readiness_line(d: dict[str, Any], rules: dict[str, float] | None) -> str:
+    """``ready: lag 0.0 s <= 10 s, held for the required 5 s`` or why not."""
+    lag = d["lag"].get("lag_seconds")
+    if d["phase"] in TERMINAL_PHASES or d["phase"] == "cutting_over":
+        return f"- **Ready to cut over:** not applicable ({d['phase']})"
+    if lag is None:
+        return "- **Ready to cut over:** no: the lag is not measured yet"
+    bound = f" <= {rules['max_lag_seconds']:g} s" if rules else ""
+    held = f", held for the required {rules['ready_after_seconds']:g} s" if rules else ""
+    if d.get("ready_to_cut_over"):
+        return f"- **Ready to cut over:** yes: lag {lag:.1f} s{bound}{held}"
+    if rules and lag > rules["max_lag_seconds"]:
+        return f"- **Ready to cut over:** no: lag {lag:.1f} s > {rules['max_lag_seconds']:g} s"
+    return (
+        f"- **Ready to cut over:** no: lag {lag:.1f} s{bound}, not yet held for {rules['ready_after_seconds']:g} s"
+        if rules
+        else f"- **Ready to cut over:** no (lag {lag:.1f} s)"
+    )
+
+
+def writes_line(d: dict[str, Any], now: dt.datetime) -> str:
+    """How long ago the latest change event the sync applied was written on the source."""
+    t = d["lag"].get("last_event_time")
+    if t is None:
+        return "- **Latest write on the source:** no change event applied since the sync started"
+    age = max(0.0, now.timestamp() - t)
+    arriving = "writes still arriving" if age < 10 else "no write since"
+    return f"- **Latest write on the source:** {human_seconds(age)} ago ({arriving}; cluster time {utc_text(dt.datetime.fromtimestamp(t, dt.UTC))})"
+
+
+def window_line(d: dict[str, Any]) -> str:
+    win = d["window"]
+    if d["phase"] in TERMINAL_PHASES:
+        return f"- **Cutover window:** closed ({d['phase']})"
+    if win.get("closes_at") is None:
+        return "- **Cutover window:** opens when the sync is first ready"
+    left = win.get("seconds_left")
+    return (
+        f"- **Cutover window:** closes {utc_text(win['closes_at'])} ({human_seconds(max(0.0, left or 0.0))} left;"
+        f" extensions: {win.get('extensions')})"
+    )
+
+
+def status_markdown(d: dict[str, Any], rules: dict[str, float] | None = None, now: dt.datetime | None = None) -> str:
+    """The status as markdown, as of ``now`` (UTC): readiness, writes, copy, window, verification."""
+    now = now or dt.datetime.now(dt.UTC)
+    lag = d["lag"]
+    clone = d["clone"]
+    lines = [
+        f"### Migration `{d['name']}`: {d['phase']}",
+        "",
+        f"_As of {utc_text(now)}._",
+        "",
+        readiness_line(d, rules),
+        f"- **Lag (optime gap):** {lag.get('lag_seconds')} s, {lag.get('events_per_second')} events/s applied,"
+        f" {lag.get('applied_events')} events in all",
+        writes_line(d, now),
+        f"- **Copied:** {clone['docs']} documents, {human_bytes(clone['bytes'])} in"
+        f" {clone['partitions_done']}/{clone['partitions']} partitions",
+        window_line(d),
+        f"- **Source:** {d['source']}  **Destination:** {d['destination']}",
+    ]
+    lines += verification_lines(d)
+    if d.get("destination_ready_at"):
+        lines.append(f"- **Destination ready to accept writes:** {utc_text(d['destination_ready_at'])}")
+    if d.get("completed_at"):
+        lines.append(f"- **Finished:** {utc_text(d['completed_at'])}")
+    if d.get("error"):
+        lines.append(f"- **Error:** {d['error']}")
+    if d.get("warnings"):
+        lines += ["", "**Warnings:**"] + [f"- {w}" for w in d["warnings"]]
+    return "\n".join(lines)
+
+
+def namespace_table(d: dict[str, Any], limit: int = 200) -> str:
+    """Copy progress per namespace (the table docs/deployments.md promises)."""
+    rows = sorted(d["clone"]["namespaces"].items())
+    if not rows:
+        return ""
+    out = [
+        "| namespace | documents copied | size | partitions done |",
+        "|---|---:|---:|---:|",
+    ]
+    for ns, v in rows[:limit]:
+        out.append(f"| `{ns}` | {v['docs']} | {human_bytes(v['bytes'])} | {v['done']}/{v['partitions']} |")
+    if len(rows) > limit:
+        out.append(f"| ... {len(rows) - limit} more | | | |")
+    return "\n".join(out)
+
+
+def live_status_markdown(d: dict[str, Any], rules: dict[str, float] | None, every: float) -> str:
+    """The live ``<name>-status`` artifact: the status, then copy per namespace."""
+    table = namespace_table(d)
+    return (
+        status_markdown(d, rules)
+        + f"\n\n_This artifact is rewritten every {every:g} s while the run lives; its time is above._"
+        + (f"\n\n#### Copy per namespace\n\n{table}" if table else "")
+    )
+
+
+def verification_lines(d: dict[str, Any]) -> list[str]:
+    """The background verification and the downtime (estimated before, measured after the cutover)."""
+    lines: list[str] = []
+    cv = d.get("continuous_verification")
+    if cv:
+        lines.append(
+            f"- **Verified during the sync:** {cv.get('partitions_proven')}/{cv.get('partitions')} partitions"
+            f" ({cv.get('docs_proven')} documents), {cv.get('dirty_documents')} changed since, to re-read at the cutover"
+        )
+        if cv.get("differences"):
+            lines.append(
+                f"- **Differences (cutover refused until resolved, or choose a full verification):** {cv['differences']}"
+            )
+            lines += [f"  - `{x['ns']}` _id `{x['_id']}` ({x['kind']})" for x in cv.get("differing", [])[:10]]
+        if cv.get("error"):
+            lines.append(f"- **Verification paused:** {cv['error']}")
+    est = d.get("downtime_estimate")
+    if est and not d.get("downtime"):
+        parts = ", ".join(f"{k} {v:g} s" for k, v in est["parts"].items())
+        lines.append(
+            f"- **Downtime estimate:** {est['seconds']:g} s ({parts}; {est['final_verification']} verification)"
+        )
+    done = d.get("downtime")
+    if done:
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in done["parts"].items())
+        lines.append(
+            f"- **Downtime:** {done['seconds']:.2f} s ({parts}; {done.get('final_verification')} verification)"
+        )
+    return lines
+
+
+def cutover_plan_markdown(
+    *, blocks: bool, how: str, drain_timeout: float, final_verification: str, restores: list[dict[str, Any]]
+) -> str:
+    """What an approved cutover will do on these clusters (the form states the risk before the click)."""
+    uniq = [f"`{r['ns']}` {r['name']}" for r in restores if r.get("unique")]
+    ttl = [
+        f"`{r['ns']}` {r['name']} (expireAfterSeconds {r['expireAfterSeconds']})"
+        for r in restores
+        if "expireAfterSeconds" in r
+    ]
+    lines = [
+        "#### What a cutover does here",
+        "",
+        f"1. **Writes:** livemigrate {how}.",
+        f"2. **Drain:** the remaining change events are applied, for up to {drain_timeout:g} s; past that the cutover"
+        " fails and the source's writes are unblocked.",
+        f"3. **Final verification:** {final_verification} (tick *Verify both clusters whole* for a full one:"
+        " longer downtime).",
+        "4. **Indexes changed on the destination:** "
+        + (
+            "; ".join(
+                ([f"made unique: {', '.join(uniq)}"] if uniq else [])
+                + ([f"TTL restored (documents may start expiring): {', '.join(ttl)}"] if ttl else [])
+            )
+            or "none"
+        )
+        + ".",
+    ]
+    if blocks:
+        lines.append(
+            "5. **Afterwards the source stays write-blocked**, so nothing writes to the old cluster by mistake."
+            " To undo it, run `db.adminCommand({setUserWriteBlockMode: 1, global: false})` on the source."
+        )
+    else:
+        lines.append("5. **Afterwards** the source is left as it is: keep your application away from it.")
+    return "\n".join(lines)
