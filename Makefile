@@ -8,7 +8,7 @@ export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint format lock bench soak ui clean
+.PHONY: setup demo test lint format lock bench soak ui browser-check clean
 
 setup: $(VENV)/.installed $(SECANTUS)/.installed
 
@@ -37,8 +37,8 @@ test: setup
 	$(VENV)/bin/python -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check tasks checks flows deployments tests bench
-	$(VENV)/bin/ruff format --check tasks checks flows deployments tests bench
+	$(VENV)/bin/ruff check tasks checks flows deployments tests bench scripts
+	$(VENV)/bin/ruff format --check tasks checks flows deployments tests bench scripts
 	$(VENV)/bin/mypy
 
 format: setup
@@ -57,6 +57,13 @@ soak: setup
 
 ui: setup
 	scripts/ui.sh
+
+# The on-call path in a real browser: `make ui`, the migrate deployment, the cutover form in headless
+# Chromium (Debian's `chromium`, installed here when missing; Playwright drives it, no browser download).
+# Screenshots and the run log go to browser-check/.
+browser-check: setup
+	scripts/ensure_chromium.sh
+	$(VENV)/bin/python scripts/browser_check.py --out browser-check
 
 clean:
 	rm -rf $(VENV) $(SECANTUS) .pytest_cache .mypy_cache .ruff_cache

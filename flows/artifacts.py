@@ -125,6 +125,13 @@ class LiveStatus:
         with get_client(sync_client=True) as client:
             client.update_artifact(self.artifact_id, ArtifactUpdate(data=self.render()))
 
+    def refresh(self) -> None:
+        """An update now (best effort)."""
+        try:
+            self.push()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("live status update failed: %s", exc)
+
     def _run(self) -> None:
         while not self._stop.wait(self.every):
             try:

@@ -426,7 +426,7 @@ def migrate_flow(
             logger.warning("resumed cutover refused: %s; the sync goes on and asks again", result["refused"])
         metrics.phase(cfg.name, Phase.SYNCING.value)
         ready_stage(m)
-        return _decide(m, relay_id=flow_run_id or "", report_dir=report_dir, metrics=metrics)
+        return _decide(m, relay_id=flow_run_id or "", report_dir=report_dir, metrics=metrics, live=live)
     except BaseException as exc:
         if isinstance(exc, LiveMigrateError) and m.store.get(m.name) is not None:
             m.fail(exc)
@@ -446,7 +446,9 @@ def migrate_flow(
         m.close()
 
 
-def _decide(m: Migration, relay_id: str, report_dir: str | None, metrics: Metrics) -> dict[str, Any]:
+def _decide(
+    m: Migration, relay_id: str, report_dir: str | None, metrics: Metrics, live: LiveStatus | None = None
+) -> dict[str, Any]:
     """Pause for decisions until one ends the migration: cutover, cancel, or the window's end."""
     logger = get_run_logger()
     cfg = m.cfg
@@ -454,6 +456,8 @@ def _decide(m: Migration, relay_id: str, report_dir: str | None, metrics: Metric
     with DecisionRelay(m, relay_id) as relay:
         while True:
             n += 1
+            if live is not None:
+                live.refresh()  # the live artifact agrees with the form from the first second of the pause
             decision = _pause_for_decision(m, n, relay)
             if m.runner is not None and m.runner.state.error is not None:
                 raise m.runner.state.error  # the sync failed while paused (the relay woke the pause)

@@ -76,6 +76,10 @@ def writes_line(d: dict[str, Any], now: dt.datetime) -> str:
     return f"- **Latest write on the source:** {human_seconds(age)} ago ({arriving}; cluster time {utc_text(dt.datetime.fromtimestamp(t, dt.UTC))})"
 
 
+def _lag_text(lag: float | None) -> str:
+    return "not measured yet" if lag is None else f"{lag:g} s"
+
+
 def window_line(d: dict[str, Any]) -> str:
     win = d["window"]
     if d["phase"] in TERMINAL_PHASES:
@@ -100,8 +104,8 @@ def status_markdown(d: dict[str, Any], rules: dict[str, float] | None = None, no
         f"_As of {utc_text(now)}._",
         "",
         readiness_line(d, rules),
-        f"- **Lag (optime gap):** {lag.get('lag_seconds')} s, {lag.get('events_per_second')} events/s applied,"
-        f" {lag.get('applied_events')} events in all",
+        f"- **Lag (optime gap):** {_lag_text(lag.get('lag_seconds'))}, {lag.get('events_per_second')} events/s"
+        f" applied, {lag.get('applied_events')} events in all",
         writes_line(d, now),
         f"- **Copied:** {clone['docs']} documents, {human_bytes(clone['bytes'])} in"
         f" {clone['partitions_done']}/{clone['partitions']} partitions",
@@ -190,7 +194,7 @@ def cutover_plan_markdown(
     lines = [
         "#### What a cutover does here",
         "",
-        f"1. **Writes:** livemigrate {how}.",
+        f"1. **Writes:** {how}.",
         f"2. **Drain:** the remaining change events are applied, for up to {drain_timeout:g} s; past that the cutover"
         " fails and the source's writes are unblocked.",
         f"3. **Final verification:** {final_verification} (tick *Verify both clusters whole* for a full one:"

@@ -28,6 +28,7 @@ set -m
 pids=()
 stop_all() {
     trap - EXIT INT TERM
+    set +m  # no "Terminated" job notices for the processes stopped here
     ((${#pids[@]})) || return 0
     echo "livemigrate ui: stopping (pids ${pids[*]})" >&2
     kill -TERM "${pids[@]}" 2>/dev/null || true
@@ -68,12 +69,20 @@ else
     healthy || { echo "livemigrate ui: server not healthy after 120 s (see $LOGS/server.log)" >&2; exit 2; }
 fi
 
-"$PY" -m deployments.register --pool "$POOL"
+# `prefect deploy` prints advice meant for a bare install ("start a worker in a separate terminal"):
+# this script starts the worker itself, so its output goes to a log and only failures are shown.
+if ! "$PY" -m deployments.register --pool "$POOL" >"$LOGS/register.log" 2>&1; then
+    echo "livemigrate ui: registering the deployments failed; last lines of $LOGS/register.log:" >&2
+    tail -n 20 "$LOGS/register.log" >&2
+    exit 2
+fi
+echo "livemigrate ui: deployments registered on pool $POOL: prechecks, migrate, verify, clone-worker" >&2
 
-"$VENV/bin/prefect" worker start --pool "$POOL" --type process &
+"$VENV/bin/prefect" worker start --pool "$POOL" --type process >"$LOGS/worker.log" 2>&1 &
 pids+=("$!")
 
 echo
-echo "livemigrate ui: Prefect UI at http://$HOST:$PORT  (deployments: prechecks, migrate, verify, clone-worker)"
-echo "livemigrate ui: worker polling pool $POOL; press Ctrl-C to stop"
+echo "livemigrate ui: Prefect UI at http://$HOST:$PORT"
+echo "livemigrate ui: a process worker runs the deployments' flow runs here (log: $LOGS/worker.log)"
+echo "livemigrate ui: press Ctrl-C to stop the worker and the server"
 wait "${pids[-1]}"

@@ -733,24 +733,27 @@ class Migration:
         expected to refuse it, and the cutover then watches the source stand still.  Asked once.
         """
         if self._write_plan is None:
-            how = (
-                f"watches the source stand still for {self.cfg.cutover.quiesce_seconds:g} s (up to "
-                f"{self.cfg.cutover.quiesce_timeout_seconds:g} s, else the cutover is refused): stop your "
-                "application's writes first"
+            watch = (
+                f"livemigrate watches the source stand still for {self.cfg.cutover.quiesce_seconds:g} s (up to "
+                f"{self.cfg.cutover.quiesce_timeout_seconds:g} s, else the cutover is refused and the run pauses "
+                "again), so stop your application's writes first"
             )
             try:
                 commands = self.src.admin.command("listCommands").get("commands", {})
-            except PyMongoError as exc:
-                self._write_plan = (False, f"this source does not list its commands ({type(exc).__name__}): {how}")
+            except PyMongoError:
+                self._write_plan = (
+                    False,
+                    f"this source does not list its commands, so it cannot block writes: {watch}",
+                )
             else:
                 if "setUserWriteBlockMode" in commands:
                     self._write_plan = (
                         True,
-                        "blocks user writes on the source with setUserWriteBlockMode (MongoDB 6.0+; if the "
-                        f"migration user lacks the privilege it {how})",
+                        "blocked on the source with setUserWriteBlockMode (MongoDB 6.0+) once you approve; should the"
+                        f" migration user lack the privilege, {watch}",
                     )
                 else:
-                    self._write_plan = (False, f"this source has no setUserWriteBlockMode (before 6.0): {how}")
+                    self._write_plan = (False, f"this source has no setUserWriteBlockMode (before 6.0): {watch}")
         return self._write_plan
 
     def _block_writes(self) -> bool:
