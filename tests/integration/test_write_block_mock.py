@@ -24,7 +24,7 @@ from pymongo.errors import AutoReconnect
 
 from tasks.errors import TerminalError
 from tasks.metadata import MetadataStore
-from tasks.migration import Migration
+from tasks.migration import CutoverRefused, Migration
 from tasks.state import MigrationDoc, Phase
 from tests.conftest import Deployment
 from tests.fake_mongod import UNAUTHORIZED, FakeMongod, FakeSpec, command_not_found, fake_mongod, hangup
@@ -46,11 +46,17 @@ def mongos() -> FakeSpec:
 
 @contextmanager
 def migration(
-    spec: FakeSpec, pair: tuple[Deployment, Deployment], dst: MongoClient[Any], db: str, *, synced: bool = True
+    spec: FakeSpec,
+    pair: tuple[Deployment, Deployment],
+    dst: MongoClient[Any],
+    db: str,
+    *,
+    synced: bool = True,
+    **cutover: Any,
 ) -> Iterator[tuple[Migration, FakeMongod]]:
     """A migration from a scripted source into the real destination: begun, cloned and ready to cut over."""
     with fake_mongod(spec) as fake, fake.client() as src:
-        cfg = make_config(fake.uri, pair[1].uri, db, cutover={"ready_after_seconds": 0.2})
+        cfg = make_config(fake.uri, pair[1].uri, db, cutover={"ready_after_seconds": 0.2, **cutover})
         with Migration(cfg, src, dst) as m:
             m.begin()
             if synced:
@@ -165,6 +171,65 @@ def test_refused_write_blocking_falls_back_to_the_quiesce_watch(
     assert blocks(fake) == [True] and not fake.write_blocked  # tried once, refused, never unblocked
     assert any("still arriving" in w for w in result.warnings), result.warnings
     assert stored(dst_client, m).write_blocked is False
+
+
+def test_cutover_approved_while_writes_keep_arriving_is_refused_and_the_sync_goes_on(
+    pair: tuple[Deployment, Deployment], dst_client: MongoClient[Any], dbname: str
+) -> None:
+    """Where writes cannot be blocked, an application that keeps writing makes the cutover a refusal with
+    the reason (the flow pauses again), not a failed migration: nothing was blocked, the sync goes on, and
+    the cutover asked again once the writes stop completes."""
+    with migration(replica_set(), pair, dst_client, dbname, quiesce_timeout_seconds=1.5) as (m, fake):
+        fake.spec.overrides["setuserwriteblockmode"] = command_not_found("setUserWriteBlockMode")
+        stop = threading.Event()
+
+        def application() -> None:
+            while not stop.wait(0.1):
+                fake.advance()
+
+        writer = threading.Thread(target=application)
+        writer.start()
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(CutoverRefused, match="writes keep arriving on the source"):
+                m.cutover("alice", "planned", EQUAL)
+            assert time.monotonic() - t0 < 10  # quiesce_timeout_seconds, not drain_timeout_seconds
+            doc = stored(dst_client, m)
+            assert doc.phase == Phase.SYNCING and not doc.write_blocked and doc.error is None
+            assert m.runner is not None and m.runner.alive()
+        finally:
+            stop.set()
+            writer.join()
+        result = m.cutover("alice", "the application is stopped", EQUAL)
+    assert result.phase == Phase.COMPLETE
+    assert [d.action for d in stored(dst_client, m).decisions] == ["cutover", "cutover"]
+
+
+@pytest.mark.parametrize(
+    ("listed", "blocks_writes", "said"),
+    [
+        ({"setUserWriteBlockMode": {"adminOnly": True}, "hello": {}}, True, "setUserWriteBlockMode (MongoDB 6.0+)"),
+        ({"hello": {}}, False, "no setUserWriteBlockMode"),
+        (None, False, "does not list its commands"),
+    ],
+    ids=["listed", "not-listed", "listCommands-refused"],
+)
+def test_the_form_says_whether_this_source_blocks_writes(
+    pair: tuple[Deployment, Deployment],
+    dst_client: MongoClient[Any],
+    dbname: str,
+    listed: dict[str, Any] | None,
+    blocks_writes: bool,
+    said: str,
+) -> None:
+    # listCommands' reply (MongoDB 6.0-8.0 manual, "listCommands"): {commands: {<name>: {help, adminOnly, ...}}}.
+    with migration(replica_set(), pair, dst_client, dbname, synced=False) as (m, fake):
+        if listed is not None:
+            fake.spec.overrides["listcommands"] = {"commands": listed}
+        blocks_now, how = m.write_block_plan()
+        assert blocks_now is blocks_writes and said in how
+        assert "watches the source stand still" in how  # the fallback is always stated
+        assert m.write_block_plan() == (blocks_now, how) and len(fake.sent("listCommands")) == 1  # asked once
 
 
 def test_lost_reply_to_write_blocking_still_unblocks(

@@ -1,0 +1,108 @@
+"""The on-call view (flows/status.py, the cutover form): no contradictions, every time in UTC, the risk stated."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flows.migrate import CutoverDecision
+from flows.status import cutover_plan_markdown, human_bytes, live_status_markdown, status_markdown
+
+NOW = dt.datetime(2026, 12, 1, 3, 50, 12, tzinfo=dt.UTC)
+RULES = {"max_lag_seconds": 10.0, "ready_after_seconds": 5.0}
+
+
+def described(**over: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": "orders",
+        "phase": "syncing",
+        "source": "src:27017",
+        "destination": "dst:27017",
+        "ready_to_cut_over": True,
+        "lag": {"lag_seconds": 0.0, "events_per_second": 9.0, "applied_events": 120, "last_event_time": None},
+        "clone": {
+            "namespaces": {"shop.orders": {"docs": 60170, "bytes": 3 * 1024**2, "partitions": 4, "done": 4}},
+            "docs": 60170,
+            "bytes": 3 * 1024**2,
+            "partitions": 4,
+            "partitions_done": 4,
+        },
+        "window": {
+            "opens_at": "2026-12-01T03:00:00",
+            "closes_at": "2026-12-06T03:00:00",
+            "seconds_left": 119.2 * 3600,
+            "extensions": 0,
+        },
+        "warnings": [],
+    }
+    d.update(over)
+    return d
+
+
+def test_a_paused_ready_migration_shows_an_open_window_with_its_close_time_in_utc() -> None:
+    text = status_markdown(described(), RULES, NOW)
+    assert "_As of 2026-12-01 03:50:12 UTC._" in text
+    assert "Ready to cut over:** yes: lag 0.0 s <= 10 s, held for the required 5 s" in text
+    assert "closes 2026-12-06 03:00:00 UTC (119.2 h left" in text
+    assert "not open" not in text and "3.0 MB" in text
+
+
+def test_a_finished_migration_has_no_window_left_and_no_readiness() -> None:
+    d = described(phase="complete", ready_to_cut_over=False, completed_at="2026-12-01T04:00:00+00:00")
+    text = status_markdown(d, RULES, NOW)
+    assert "Cutover window:** closed (complete)" in text and "h left" not in text
+    assert "Ready to cut over:** not applicable (complete)" in text
+    assert "Finished:** 2026-12-01 04:00:00 UTC" in text
+
+
+def test_readiness_says_why_not_against_its_rule() -> None:
+    high = described(ready_to_cut_over=False, lag={**described()["lag"], "lag_seconds": 25.0})
+    assert "no: lag 25.0 s > 10 s" in status_markdown(high, RULES, NOW)
+    unmeasured = described(ready_to_cut_over=False, lag={**described()["lag"], "lag_seconds": None})
+    text = status_markdown(unmeasured, RULES, NOW)
+    assert "the lag is not measured yet" in text and "None s" not in text
+
+
+def test_the_latest_write_says_whether_writes_still_arrive() -> None:
+    arriving = described(lag={**described()["lag"], "last_event_time": int(NOW.timestamp()) - 2})
+    assert "2.0 s ago (writes still arriving" in status_markdown(arriving, RULES, NOW)
+    quiet = described(lag={**described()["lag"], "last_event_time": int(NOW.timestamp()) - 600})
+    assert "10 min ago (no write since" in status_markdown(quiet, RULES, NOW)
+
+
+def test_the_live_status_has_the_copy_per_namespace() -> None:
+    text = live_status_markdown(described(), RULES, 5)
+    assert "| `shop.orders` | 60170 | 3.0 MB | 4/4 |" in text
+
+
+def test_the_cutover_plan_states_the_risk() -> None:
+    restores = [
+        {"ns": "shop.customers", "name": "email_1", "unique": True},
+        {"ns": "analytics.events", "name": "at_1", "expireAfterSeconds": 3600},
+    ]
+    blocked = cutover_plan_markdown(
+        blocks=True,
+        how="blocked with setUserWriteBlockMode",
+        drain_timeout=300,
+        final_verification="incremental",
+        restores=restores,
+    )
+    assert "made unique: `shop.customers` email_1" in blocked
+    assert "`analytics.events` at_1 (expireAfterSeconds 3600)" in blocked
+    assert "up to 300 s" in blocked
+    assert "stays write-blocked" in blocked and "setUserWriteBlockMode: 1, global: false" in blocked
+    watched = cutover_plan_markdown(
+        blocks=False, how="watched", drain_timeout=300, final_verification="full", restores=[]
+    )
+    assert "Indexes changed on the destination:** none" in watched and "stays write-blocked" not in watched
+
+
+def test_the_form_requires_action_confirm_and_approver_and_preselects_nothing() -> None:
+    schema = CutoverDecision.model_json_schema()
+    assert set(schema["required"]) == {"action", "confirm", "approver"}
+    assert "default" not in schema["properties"]["action"]
+    assert schema["properties"]["approver"]["minLength"] == 1
+
+
+def test_sizes_are_human_readable() -> None:
+    assert [human_bytes(n) for n in (0, 2048, 5 * 1024**3)] == ["0 B", "2.0 KB", "5.0 GB"]
