@@ -55,7 +55,14 @@ def _copy(cfg: MigrationConfig, workers: int | None) -> dict[str, int]:
 
 @flow(name="clone-worker")
 def clone_worker_flow(config: str | dict[str, Any], workers: int | None = None) -> dict[str, int]:
-    """Copy partitions of the named migration's plan alongside its main flow."""
+    """Copy partitions of the named migration's plan alongside its main flow.
+
+    Args:
+        config: Path of the migration YAML on the worker (relative to the repository root, or absolute), or the
+            config itself as a mapping that names a `link` or per-endpoint `secret:` blocks. Never a URI with a
+            password: credentials come from Prefect Secret blocks.
+        workers: Copy threads in this run. Empty: the config's `tuning.workers`.
+    """
     cfg = config_param(config)
     stats = _copy(cfg, workers)
     get_run_logger().info("copied %s documents in %s partitions", stats["docs"], stats["partitions"])

@@ -92,6 +92,11 @@ def prechecks_flow(config: str | dict[str, Any]) -> dict[str, Any]:
     """Validate a migration config from Prefect; the run fails when a check fails.
 
     Returns the report (the documented JSON shape) when nothing failed.
+
+    Args:
+        config: Path of the migration YAML on the worker (relative to the repository root, or absolute), or the
+            config itself as a mapping that names a `link` or per-endpoint `secret:` blocks. Never a URI with a
+            password: credentials come from Prefect Secret blocks.
     """
     cfg = resolve_atlas_key(config_param(config))
     report = run_prechecks_task(cfg)

@@ -166,7 +166,17 @@ def verify_task(config: MigrationConfig, report_dir: str | None, ignore_field_or
 def verify_flow(
     config: str | dict[str, Any], report_dir: str | None = None, ignore_field_order: bool = False
 ) -> dict[str, Any]:
-    """Verify a migration: one task, a table and a markdown artifact; returns the JSON summary."""
+    """Verify a migration: one task, a table and a markdown artifact; returns the JSON summary.
+
+    Args:
+        config: Path of the migration YAML on the worker (relative to the repository root, or absolute), or the
+            config itself as a mapping that names a `link` or per-endpoint `secret:` blocks. Never a URI with a
+            password: credentials come from Prefect Secret blocks.
+        report_dir: Directory on the worker for the Great Expectations Data Docs and the JSON summary. Empty: the
+            result is only the run's artifacts.
+        ignore_field_order: Treat documents whose fields differ only in order as equal (by default the bytes must
+            match, as the migration copies them).
+    """
     cfg = config_param(config)
     result = verify_task(cfg, report_dir, ignore_field_order)
     key = _artifact_key(cfg.name)
