@@ -159,7 +159,7 @@ class Partition(_Record):
     migration: str
     ns: str
     seq: int
-    types: list[str]  # $type bracket; ["*other*"] means "none of the known brackets"
+    types: list[str]  # [bracket, *excluded]: a $type bracket of tasks/partition.py, "*" (all) or "rest" + the brackets other ranges cover
     lower: Any = None  # inclusive, None = open
     upper: Any = None  # exclusive, None = open
     has_lower: bool = False

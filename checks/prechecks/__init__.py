@@ -1,7 +1,7 @@
 """Prechecks: can this migration start?  Facts are gathered once, pure rules judge them.
 
-Why a package: gathering (facts.py), judging (rules.py, atlas.py) and running
-(runner.py) change for different reasons; callers use only what is exported here.
+Why a package: gathering (facts.py), judging (compat.py, data.py, atlas.py) and
+running (runner.py) change for different reasons; callers use only what is exported here.
 """
 
 from __future__ import annotations
