@@ -159,7 +159,8 @@ class Partition(_Record):
     migration: str
     ns: str
     seq: int
-    types: list[str]  # [bracket, *excluded]: a $type bracket of tasks/partition.py, "*" (all) or "rest" + the brackets other ranges cover
+    # [bracket, *excluded]: a $type bracket of tasks/partition.py, "*" (all), or "rest" + the brackets others cover
+    types: list[str]
     lower: Any = None  # inclusive, None = open
     upper: Any = None  # exclusive, None = open
     has_lower: bool = False
