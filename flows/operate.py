@@ -13,6 +13,7 @@ line and exits with 143 (SIGTERM) or 130 (SIGINT); running it again resumes.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import json
 import logging
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.common import cli_guard, load_resolved
+from flows.status import status_rows, utc_text
 from tasks.errors import EXIT_FAILED, EXIT_OK
 from tasks.metadata import MetadataStore
 from tasks.migration import describe
@@ -82,46 +84,12 @@ def describe_cli(config: Path, *, as_json: bool, name: str | None) -> int:
     if as_json:
         print(json.dumps(d, default=str))
         return EXIT_OK
-    t = Table(title=f"migration {d['name']}", show_header=False)
-    lag = d["lag"]
-    left = d["window"]["seconds_left"]
-    rows = [
-        ("phase", d["phase"] + (" (ready to cut over)" if d["ready_to_cut_over"] else "")),
-        ("source / destination", f"{d['source']} -> {d['destination']}"),
-        (
-            "copied",
-            f"{d['clone']['docs']} docs, {d['clone']['bytes']} bytes, {d['clone']['partitions_done']}/{d['clone']['partitions']} partitions",
-        ),
-        (
-            "lag (optime gap)",
-            f"{lag.get('lag_seconds')} s; {lag.get('events_per_second')} events/s; {lag.get('applied_events')} applied",
-        ),
-        ("catch-up estimate", f"{lag.get('catch_up_seconds')} s"),
-        ("cutover window left", f"{left / 3600:.2f} h" if left is not None else "not open yet"),
-        ("last validation", json.dumps(d["last_validation"], default=str) if d["last_validation"] else "none"),
-        ("error", d["error"] or ""),
-    ]
-    cv = d.get("continuous_verification")
-    if cv:
-        rows.insert(
-            -1,
-            (
-                "verified during the sync",
-                f"{cv['partitions_proven']}/{cv['partitions']} partitions, {cv['docs_proven']} docs; "
-                f"{cv['dirty_documents']} changed since; differences: {cv['differences']}"
-                + (f" (paused: {cv['error']})" if cv.get("error") else ""),
-            ),
-        )
-        rows[-1:-1] = [("  differs", f"{x['ns']} _id {x['_id']} ({x['kind']})") for x in cv.get("differing", [])[:10]]
-    est, down = d.get("downtime_estimate"), d.get("downtime")
-    if down:
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in down["parts"].items())
-        rows.insert(-1, ("downtime", f"{down['seconds']:.2f} s ({parts})"))
-    elif est:
-        parts = ", ".join(f"{k} {v:g}" for k, v in est["parts"].items())
-        rows.insert(
-            -1, ("downtime estimate", f"{est['seconds']:g} s ({parts}; {est['final_verification']} verification)")
-        )
+    t = Table(
+        title=f"migration {d['name']}: {d['phase']} (as of {utc_text(dt.datetime.now(dt.UTC))})", show_header=False
+    )
+    rules = {"max_lag_seconds": cfg.cutover.max_lag_seconds, "ready_after_seconds": cfg.cutover.ready_after_seconds}
+    rows = [(k if k.startswith("  ") else k.lower(), v.replace("`", "")) for k, v in status_rows(d, rules)]
+    rows.append(("last validation", json.dumps(d["last_validation"], default=str) if d["last_validation"] else "none"))
     for k, v in rows:
         t.add_row(k, str(v))
     out.print(t)

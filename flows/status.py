@@ -46,79 +46,93 @@ def human_seconds(s: float | None) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def readiness_line(d: dict[str, Any], rules: dict[str, float] | None) -> str:
-    """``ready: lag 0.0 s <= 10 s, held for the required 5 s`` or why not."""
+def readiness(d: dict[str, Any], rules: dict[str, float] | None) -> str:
+    """``yes: lag 0.0 s <= 10 s, held for the required 5 s`` or why not."""
     lag = d["lag"].get("lag_seconds")
     if d["phase"] in TERMINAL_PHASES or d["phase"] == "cutting_over":
-        return f"- **Ready to cut over:** not applicable ({d['phase']})"
+        return f"not applicable ({d['phase']})"
     if lag is None:
-        return "- **Ready to cut over:** no: the lag is not measured yet"
-    bound = f" <= {rules['max_lag_seconds']:g} s" if rules else ""
-    held = f", held for the required {rules['ready_after_seconds']:g} s" if rules else ""
+        return "no: the lag is not measured yet"
+    if not rules:
+        return f"{'yes' if d.get('ready_to_cut_over') else 'no'} (lag {lag:.1f} s)"
     if d.get("ready_to_cut_over"):
-        return f"- **Ready to cut over:** yes: lag {lag:.1f} s{bound}{held}"
-    if rules and lag > rules["max_lag_seconds"]:
-        return f"- **Ready to cut over:** no: lag {lag:.1f} s > {rules['max_lag_seconds']:g} s"
-    return (
-        f"- **Ready to cut over:** no: lag {lag:.1f} s{bound}, not yet held for {rules['ready_after_seconds']:g} s"
-        if rules
-        else f"- **Ready to cut over:** no (lag {lag:.1f} s)"
-    )
+        return f"yes: lag {lag:.1f} s <= {rules['max_lag_seconds']:g} s, held for the required {rules['ready_after_seconds']:g} s"
+    if lag > rules["max_lag_seconds"]:
+        return f"no: lag {lag:.1f} s > {rules['max_lag_seconds']:g} s"
+    return f"no: lag {lag:.1f} s <= {rules['max_lag_seconds']:g} s, not yet held for {rules['ready_after_seconds']:g} s"
 
 
-def writes_line(d: dict[str, Any], now: dt.datetime) -> str:
+def latest_write(d: dict[str, Any], now: dt.datetime) -> str:
     """How long ago the latest change event the sync applied was written on the source."""
     t = d["lag"].get("last_event_time")
     if t is None:
-        return "- **Latest write on the source:** no change event applied since the sync started"
+        return "no change event applied since the sync started"
     age = max(0.0, now.timestamp() - t)
     arriving = "writes still arriving" if age < 10 else "no write since"
-    return f"- **Latest write on the source:** {human_seconds(age)} ago ({arriving}; cluster time {utc_text(dt.datetime.fromtimestamp(t, dt.UTC))})"
+    return f"{human_seconds(age)} ago ({arriving}; cluster time {utc_text(dt.datetime.fromtimestamp(t, dt.UTC))})"
 
 
 def _lag_text(lag: float | None) -> str:
     return "not measured yet" if lag is None else f"{lag:g} s"
 
 
-def window_line(d: dict[str, Any]) -> str:
+def window(d: dict[str, Any]) -> str:
     win = d["window"]
     if d["phase"] in TERMINAL_PHASES:
-        return f"- **Cutover window:** closed ({d['phase']})"
+        return f"closed ({d['phase']})"
     if win.get("closes_at") is None:
-        return "- **Cutover window:** opens when the sync is first ready"
+        return "opens when the sync is first ready"
     left = win.get("seconds_left")
     return (
-        f"- **Cutover window:** closes {utc_text(win['closes_at'])} ({human_seconds(max(0.0, left or 0.0))} left;"
+        f"closes {utc_text(win['closes_at'])} ({human_seconds(max(0.0, left or 0.0))} left;"
         f" extensions: {win.get('extensions')})"
     )
+
+
+def status_rows(
+    d: dict[str, Any], rules: dict[str, float] | None = None, now: dt.datetime | None = None
+) -> list[tuple[str, str]]:
+    """The status as (label, text) rows: what every view shows (form, artifacts, `describe`)."""
+    now = now or dt.datetime.now(dt.UTC)
+    lag = d["lag"]
+    clone = d["clone"]
+    catch_up = lag.get("catch_up_seconds")
+    rows = [
+        ("Ready to cut over", readiness(d, rules)),
+        (
+            "Lag (optime gap)",
+            f"{_lag_text(lag.get('lag_seconds'))}, {lag.get('events_per_second')} events/s applied,"
+            f" {lag.get('applied_events')} events in all"
+            + (f"; catch-up in about {human_seconds(catch_up)}" if catch_up else ""),
+        ),
+        ("Latest write on the source", latest_write(d, now)),
+        (
+            "Copied",
+            f"{clone['docs']} documents, {human_bytes(clone['bytes'])} in"
+            f" {clone['partitions_done']}/{clone['partitions']} partitions",
+        ),
+        ("Cutover window", window(d)),
+        ("Source -> destination", f"{d['source']} -> {d['destination']}"),
+    ]
+    rows += verification_rows(d)
+    if d.get("destination_ready_at"):
+        rows.append(("Destination ready to accept writes", utc_text(d["destination_ready_at"])))
+    if d.get("completed_at"):
+        rows.append(("Finished", utc_text(d["completed_at"])))
+    if d.get("error"):
+        rows.append(("Error", str(d["error"])))
+    return rows
 
 
 def status_markdown(d: dict[str, Any], rules: dict[str, float] | None = None, now: dt.datetime | None = None) -> str:
     """The status as markdown, as of ``now`` (UTC): readiness, writes, copy, window, verification."""
     now = now or dt.datetime.now(dt.UTC)
-    lag = d["lag"]
-    clone = d["clone"]
-    lines = [
-        f"### Migration `{d['name']}`: {d['phase']}",
-        "",
-        f"_As of {utc_text(now)}._",
-        "",
-        readiness_line(d, rules),
-        f"- **Lag (optime gap):** {_lag_text(lag.get('lag_seconds'))}, {lag.get('events_per_second')} events/s"
-        f" applied, {lag.get('applied_events')} events in all",
-        writes_line(d, now),
-        f"- **Copied:** {clone['docs']} documents, {human_bytes(clone['bytes'])} in"
-        f" {clone['partitions_done']}/{clone['partitions']} partitions",
-        window_line(d),
-        f"- **Source:** {d['source']}  **Destination:** {d['destination']}",
-    ]
-    lines += verification_lines(d)
-    if d.get("destination_ready_at"):
-        lines.append(f"- **Destination ready to accept writes:** {utc_text(d['destination_ready_at'])}")
-    if d.get("completed_at"):
-        lines.append(f"- **Finished:** {utc_text(d['completed_at'])}")
-    if d.get("error"):
-        lines.append(f"- **Error:** {d['error']}")
+    lines = [f"### Migration `{d['name']}`: {d['phase']}", "", f"_As of {utc_text(now)}._", ""]
+    for label, text in status_rows(d, rules, now):
+        if label.startswith("  "):
+            lines.append(f"  - {text}")
+        else:
+            lines.append(f"- **{label}:** {text}")
     if d.get("warnings"):
         lines += ["", "**Warnings:**"] + [f"- {w}" for w in d["warnings"]]
     return "\n".join(lines)
@@ -150,35 +164,39 @@ def live_status_markdown(d: dict[str, Any], rules: dict[str, float] | None, ever
     )
 
 
-def verification_lines(d: dict[str, Any]) -> list[str]:
+def verification_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
     """The background verification and the downtime (estimated before, measured after the cutover)."""
-    lines: list[str] = []
+    rows: list[tuple[str, str]] = []
     cv = d.get("continuous_verification")
     if cv:
-        lines.append(
-            f"- **Verified during the sync:** {cv.get('partitions_proven')}/{cv.get('partitions')} partitions"
-            f" ({cv.get('docs_proven')} documents), {cv.get('dirty_documents')} changed since, to re-read at the cutover"
+        rows.append(
+            (
+                "Verified during the sync",
+                f"{cv.get('partitions_proven')}/{cv.get('partitions')} partitions ({cv.get('docs_proven')} documents),"
+                f" {cv.get('dirty_documents')} changed since, to re-read at the cutover",
+            )
         )
         if cv.get("differences"):
-            lines.append(
-                f"- **Differences (cutover refused until resolved, or choose a full verification):** {cv['differences']}"
+            rows.append(
+                ("Differences", f"{cv['differences']} (cutover refused until resolved, or choose a full verification)")
             )
-            lines += [f"  - `{x['ns']}` _id `{x['_id']}` ({x['kind']})" for x in cv.get("differing", [])[:10]]
+            rows += [("  differs", f"`{x['ns']}` _id `{x['_id']}` ({x['kind']})") for x in cv.get("differing", [])[:10]]
         if cv.get("error"):
-            lines.append(f"- **Verification paused:** {cv['error']}")
+            rows.append(("Verification paused", str(cv["error"])))
     est = d.get("downtime_estimate")
     if est and not d.get("downtime"):
         parts = ", ".join(f"{k} {v:g} s" for k, v in est["parts"].items())
-        lines.append(
-            f"- **Downtime estimate:** {est['seconds']:g} s ({parts}; {est['final_verification']} verification)"
-        )
+        rows.append(("Downtime estimate", f"{est['seconds']:g} s ({parts}; {est['final_verification']} verification)"))
     done = d.get("downtime")
     if done:
         parts = ", ".join(f"{k} {v:.2f} s" for k, v in done["parts"].items())
-        lines.append(
-            f"- **Downtime:** {done['seconds']:.2f} s ({parts}; {done.get('final_verification')} verification)"
-        )
-    return lines
+        rows.append(("Downtime", f"{done['seconds']:.2f} s ({parts}; {done.get('final_verification')} verification)"))
+    return rows
+
+
+def verification_lines(d: dict[str, Any]) -> list[str]:
+    """:func:`verification_rows` as markdown list items."""
+    return [f"  - {t}" if k.startswith("  ") else f"- **{k}:** {t}" for k, t in verification_rows(d)]
 
 
 def cutover_plan_markdown(
