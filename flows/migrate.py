@@ -27,7 +27,7 @@ from flows.common import config_param
 from flows.status import cutover_plan_markdown, live_status_markdown, status_markdown
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
-from tasks.metrics import Metrics
+from flows.metrics import Metrics
 from tasks.migration import CutoverRefused, Migration, describe
 from tasks.state import Decision, MigrationDoc, Phase
 

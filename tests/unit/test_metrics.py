@@ -1,4 +1,4 @@
-"""The Prometheus endpoint serves the migration's numbers (tasks/metrics.py)."""
+"""The Prometheus endpoint serves the migration's numbers (flows/metrics.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.metrics import Metrics
+from flows.metrics import Metrics
 
 pytestmark = pytest.mark.unit
 
