@@ -24,10 +24,10 @@ from pydantic import Field
 
 from flows.artifacts import CloneProgressArtifact, LiveStatus, artifact_key, markdown, table
 from flows.common import config_param
+from flows.metrics import Metrics
 from flows.status import cutover_plan_markdown, live_status_markdown, status_markdown
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
-from flows.metrics import Metrics
 from tasks.migration import CutoverRefused, Migration, describe
 from tasks.state import Decision, MigrationDoc, Phase
 
