@@ -32,22 +32,32 @@ from tasks.localservers import ServerPair
 
 console = Console(soft_wrap=True)
 REPO = Path(__file__).resolve().parent.parent
+EVENTS_TTL_SECONDS = 365 * 24 * 3600
+RECENT = dt.timedelta(days=30)
+"""Orders and events are spread over the 30 days before the load, well inside the events' one-year TTL,
+so no sample document expires (the source's TTL monitor deleting it) while the demo runs."""
+N_AUDIT = 100
 
 
-def load_sample(client: MongoClient[Any], n_docs: int) -> dict[str, int]:
-    """A small shop: customers, orders, events; mixed _id types, indexes, a view and a capped log."""
+def load_sample(client: MongoClient[Any], n_docs: int, now: dt.datetime | None = None) -> dict[str, int]:
+    """A small shop: customers, orders, events; mixed _id types, indexes, a view and a capped log.
+
+    Dates count back from ``now`` (the current time by default); everything else is the same on every run.
+    Returns the documents loaded per collection, the capped log's included.
+    """
+    now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
     rnd = random.Random(42)
     shop, analytics = client["shop"], client["analytics"]
     n_cust = max(100, n_docs // 10)
     n_orders = max(100, n_docs // 2)
-    n_events = max(100, n_docs - n_cust - n_orders)
+    n_events = max(100, n_docs - n_cust - n_orders - N_AUDIT)
     shop["customers"].insert_many(
         [
             {
                 "_id": i,
                 "email": f"customer{i}@example.com",
                 "name": f"Customer {i}",
-                "since": dt.datetime(2020, 1, 1) + dt.timedelta(days=i % 1500),
+                "since": now - dt.timedelta(days=i % 1500),
                 "vip": i % 17 == 0,
                 "balance": Decimal128(f"{rnd.uniform(0, 5000):.2f}"),
                 "address": {
@@ -74,7 +84,7 @@ def load_sample(client: MongoClient[Any], n_docs: int) -> dict[str, int]:
                 "total": rnd.uniform(5, 500),
                 "count": Int64(rnd.randrange(1, 10)),
                 "status": rnd.choice(["new", "paid", "shipped"]),
-                "created": dt.datetime(2024, 1, 1) + dt.timedelta(minutes=i),
+                "created": now - RECENT + RECENT * i / n_orders,
             }
         )
         if len(batch) == 5000:
@@ -94,7 +104,7 @@ def load_sample(client: MongoClient[Any], n_docs: int) -> dict[str, int]:
             {
                 "_id": key,
                 "kind": rnd.choice(["view", "click", "buy"]),
-                "at": dt.datetime(2024, 6, 1) + dt.timedelta(seconds=i),
+                "at": now - RECENT + RECENT * i / n_events,
                 "score": rnd.random(),
             }
         )
@@ -103,10 +113,15 @@ def load_sample(client: MongoClient[Any], n_docs: int) -> dict[str, int]:
             batch = []
     if batch:
         analytics["events"].insert_many(batch)
-    analytics["events"].create_index("at", expireAfterSeconds=365 * 24 * 3600)
+    analytics["events"].create_index("at", expireAfterSeconds=EVENTS_TTL_SECONDS)
     analytics.create_collection("audit_log", capped=True, size=4 * 1024 * 1024, max=5000)
-    analytics["audit_log"].insert_many([{"_id": i, "msg": f"boot {i}"} for i in range(100)])
-    return {"shop.customers": n_cust, "shop.orders": n_orders, "analytics.events": n_events}
+    analytics["audit_log"].insert_many([{"_id": i, "msg": f"boot {i}"} for i in range(N_AUDIT)])
+    return {
+        "shop.customers": n_cust,
+        "shop.orders": n_orders,
+        "analytics.events": n_events,
+        "analytics.audit_log": N_AUDIT,
+    }
 
 
 class LiveWriter(threading.Thread):
@@ -117,6 +132,7 @@ class LiveWriter(threading.Thread):
         self.client, self.n_cust = client, n_cust
         self.stop_event = threading.Event()
         self.ops = 0
+        self.inserts = 0  # new documents (the rest of its writes change existing ones)
 
     def run(self) -> None:
         rnd = random.Random(7)
@@ -129,17 +145,20 @@ class LiveWriter(threading.Thread):
                         "customer": rnd.randrange(self.n_cust),
                         "total": rnd.uniform(5, 50),
                         "status": "new",
-                        "created": dt.datetime.now(),
+                        "created": dt.datetime.now(dt.UTC),
                     }
                 )
+                self.inserts += 1
             elif r < 0.8:
                 shop["customers"].update_one(
-                    {"_id": rnd.randrange(self.n_cust)}, {"$inc": {"visits": 1}, "$set": {"seen": dt.datetime.now()}}
+                    {"_id": rnd.randrange(self.n_cust)},
+                    {"$inc": {"visits": 1}, "$set": {"seen": dt.datetime.now(dt.UTC)}},
                 )
             elif r < 0.9:
                 shop["orders"].update_many({"status": "new", "total": {"$lt": 6}}, {"$set": {"status": "paid"}})
             else:
-                self.client["analytics"]["audit_log"].insert_one({"msg": "tick", "at": dt.datetime.now()})
+                self.client["analytics"]["audit_log"].insert_one({"msg": "tick", "at": dt.datetime.now(dt.UTC)})
+                self.inserts += 1
             self.ops += 1
             time.sleep(0.005)
 
@@ -164,9 +183,7 @@ def main() -> int:
         src: MongoClient[Any]
         with MongoClient(pair.source.uri()) as src:
             counts = load_sample(src, n_docs)
-            console.print(
-                f"loaded {sum(counts.values())} documents into the source: {counts}, plus a view and a capped log"
-            )
+            console.print(f"loaded {sum(counts.values())} documents into the source: {counts}, plus a view")
             cfg_path = out_dir / "demo-migration.yaml"
             cfg_path.write_text(
                 yaml.safe_dump(
@@ -198,15 +215,16 @@ def main() -> int:
         cut = result.get("cutover") or {}
         console.rule("[bold]result")
         console.print(f"phase: [bold]{result['phase']}[/]")
-        console.print(
-            f"copied {result['clone']['docs']} documents; {result['lag']['applied_events']} change events applied"
-        )
+        console.print(copy_account(sum(counts.values()), result["clone"]["docs"], writer.inserts if writer else 0))
+        console.print(f"change events applied by the sync: {result['lag']['applied_events']}")
         console.print(f"destination ready to accept writes: {cut.get('destination_ready_at')}")
         console.print(f"migration complete:                 {cut.get('completed_at')}")
         console.print(f"final verification equal: {cut.get('verification_equal')}")
         console.print(f"migration report (copy-rate and lag charts): {cut.get('report')}")
+        docs = out_dir / "verification" / "data_docs" / "index.html"
         console.print(
-            f"verification report: {out_dir / 'verification'} (open index.html in a browser); config: {cfg_path}"
+            f"verification report: {docs if docs.exists() else out_dir / 'verification'} (Great Expectations Data "
+            f"Docs: open in a browser; their styles load from the internet); config: {cfg_path}"
         )
         console.print(f"demo finished in {time.monotonic() - t0:.0f} s")
         return 0 if result["phase"] == "complete" and cut.get("verification_equal") else 1
@@ -216,6 +234,22 @@ def main() -> int:
         pair.stop()
         shutil.rmtree(root, ignore_errors=True)
         console.print("stopped both servers")
+
+
+def copy_account(loaded: int, copied: int, app_inserts: int) -> str:
+    """What the clone copied, squared with what was loaded: the application writes while the copy runs.
+
+    Its new documents that the copy reached are copied; the sync brings the rest, with its other writes.
+    """
+    if copied >= loaded:
+        return (
+            f"copied {copied} documents = {loaded} loaded + {copied - loaded} the application inserted before "
+            f"the copy reached them (it inserted {app_inserts}; the sync brought the rest)"
+        )
+    return (
+        f"copied {copied} documents: {loaded - copied} fewer than the {loaded} loaded, deleted on the source "
+        "before the copy reached them (a TTL index or a capped collection); the verification compares what is left"
+    )
 
 
 def _approve_when_ready(cfg_path: Path, pair: ServerPair, writer: LiveWriter) -> None:

@@ -130,74 +130,89 @@ def build_report(store: MetadataStore, name: str) -> dict[str, Any]:
     return d
 
 
-def report_markdown(r: dict[str, Any]) -> str:
-    """The report as markdown (Prefect artifact, README-style), with text sparklines for the charts."""
-    c = r["charts"]
-    lines = [
-        f"# Migration report: `{r['name']}`",
-        "",
-        f"- **Phase:** {r['phase']}",
-        f"- **Source → destination:** {r['source']} → {r['destination']}",
-        f"- **Copied:** {r['clone']['docs']} documents, {r['clone']['bytes']} bytes, "
-        f"{r['clone']['partitions_done']}/{r['clone']['partitions']} partitions",
-        f"- **Events applied by the sync:** {r['lag'].get('applied_events')}",
-        f"- **Destination ready to accept writes:** {r['destination_ready_at'] or '-'}",
-        f"- **Migration complete:** {r['completed_at'] or '-'}",
-        f"- **Final verification:** {_verdict(r)}",
-        *_downtime_lines(r),
-        "",
-        "## Copy rate (documents per second)",
-        "",
-        f"`{c['copy_rate']['sparkline'] or 'no samples'}`  peak {c['copy_rate']['peak_docs_per_second']}, "
-        f"mean {c['copy_rate']['mean_docs_per_second']} ({c['copy_rate']['samples']} samples)",
-        "",
-        "## Lag over time (optime gap, seconds)",
-        "",
-        f"`{c['lag']['sparkline'] or 'no samples'}`  max {c['lag']['max_seconds']}, last {c['lag']['last_seconds']} "
-        f"({c['lag']['samples']} samples)",
-        "",
-        "## Decisions",
-        "",
+# The report's text is a list of blocks rendered twice, as markdown (Prefect artifact, .md) and as HTML, so
+# the two cannot drift.  A block is (kind, payload): "h1"/"h2"/"p" take spans, "ul" a list of span lists,
+# "table" (header, rows of span lists), "chart" a series name.  A span is (style, text), style "" plain,
+# "b" bold or "code"; the text is data (namespace names, warnings, reasons) and is escaped by the renderer.
+Span = tuple[str, str]
+Block = tuple[str, Any]
+
+
+def _blocks(r: dict[str, Any]) -> list[Block]:
+    """What the report says, in order, before it is rendered."""
+    blocks: list[Block] = [
+        ("h1", [("", "Migration report: "), ("code", r["name"])]),
+        (
+            "ul",
+            [
+                [("b", "Phase:"), ("", f" {r['phase']}")],
+                [("b", "Source → destination:"), ("", f" {r['source']} → {r['destination']}")],
+                [
+                    ("b", "Copied:"),
+                    (
+                        "",
+                        f" {r['clone']['docs']} documents, {r['clone']['bytes']} bytes, "
+                        f"{r['clone']['partitions_done']}/{r['clone']['partitions']} partitions",
+                    ),
+                ],
+                [("b", "Events applied by the sync:"), ("", f" {r['lag'].get('applied_events')}")],
+                [("b", "Destination ready to accept writes:"), ("", f" {r['destination_ready_at'] or '-'}")],
+                [("b", "Migration complete:"), ("", f" {r['completed_at'] or '-'}")],
+                [("b", "Final verification:"), ("", f" {_verdict(r)}")],
+            ],
+        ),
+        *_downtime_blocks(r),
+        ("h2", [("", "Copy rate (documents per second)")]),
+        ("chart", "copy_rate"),
+        ("h2", [("", "Lag over time (optime gap, seconds)")]),
+        ("chart", "lag"),
+        ("h2", [("", "Decisions")]),
+        (
+            "ul",
+            [
+                [("", f"{d['at']}: "), ("b", d["action"]), ("", f" by {d['approver'] or '(unnamed)'} {d['reason']}")]
+                for d in r["decisions"]
+            ]
+            or [[("", "none")]],
+        ),
     ]
-    lines += [f"- {d['at']}: **{d['action']}** by {d['approver'] or '(unnamed)'} {d['reason']}" for d in r["decisions"]]
-    if not r["decisions"]:
-        lines.append("- none")
     if r["warnings"]:
-        lines += ["", "## Warnings", ""] + [f"- {w}" for w in r["warnings"]]
+        blocks += [("h2", [("", "Warnings")]), ("ul", [[("", str(w))] for w in r["warnings"]])]
     if r["error"]:
-        lines += ["", "## Error", "", r["error"]]
-    return "\n".join(lines) + "\n"
+        blocks += [("h2", [("", "Error")]), ("p", [("", str(r["error"]))])]
+    return blocks
 
 
-def _downtime_lines(r: dict[str, Any]) -> list[str]:
+def _downtime_blocks(r: dict[str, Any]) -> list[Block]:
     """The cutover's downtime by part, the estimate shown at the approval, and what each namespace's proof was."""
     down = r.get("downtime")
     if not down:
         return []
     est = down.get("estimate") or {}
-    lines = [
-        "",
-        "## Downtime (writes stopped → destination ready)",
-        "",
-        f"- **Total:** {down['seconds']:.2f} s, from {down['started_at']} to {down['destination_ready_at']}"
-        + (f" (estimated {est['seconds']:g} s at the approval)" if est.get("seconds") is not None else ""),
-        f"- **Final verification:** {down.get('final_verification')}",
+    total = f" {down['seconds']:.2f} s, from {down['started_at']} to {down['destination_ready_at']}" + (
+        f" (estimated {est['seconds']:g} s at the approval)" if est.get("seconds") is not None else ""
+    )
+    items: list[list[Span]] = [
+        [("b", "Total:"), ("", total)],
+        [("b", "Final verification:"), ("", f" {down.get('final_verification')}")],
     ]
-    lines += [f"- {part}: {secs:.2f} s" for part, secs in down["parts"].items()]
+    items += [[("", f"{part}: {secs:.2f} s")] for part, secs in down["parts"].items()]
+    blocks: list[Block] = [("h2", [("", "Downtime (writes stopped → destination ready)")]), ("ul", items)]
     v = r.get("last_verification") or {}
     proofs = [(n["ns"], n["proof"]) for n in v.get("namespaces", []) if n.get("proof")]
     if proofs:
-        lines += [
-            "",
-            "| namespace | partitions proven during the sync | last proven | re-read at cutover |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| `{ns}` | {p['partitions'] - p['partitions_hashed_at_cutover']}/{p['partitions']} "
-            f"| {p['partitions_proven_until'] or '-'} | {p['documents_rechecked_at_cutover']} documents at {p['rechecked_at']} |"
+        header = ["namespace", "partitions proven during the sync", "last proven", "re-read at cutover"]
+        rows = [
+            [
+                [("code", ns)],
+                [("", f"{p['partitions'] - p['partitions_hashed_at_cutover']}/{p['partitions']}")],
+                [("", f"{p['partitions_proven_until'] or '-'}")],
+                [("", f"{p['documents_rechecked_at_cutover']} documents at {p['rechecked_at']}")],
+            ]
             for ns, p in proofs
         ]
-    return lines
+        blocks.append(("table", (header, rows)))
+    return blocks
 
 
 def _verdict(r: dict[str, Any]) -> str:
@@ -207,24 +222,77 @@ def _verdict(r: dict[str, Any]) -> str:
     return "equal" if v.get("equal") else "DIFFERENT"
 
 
+def _chart_caption(r: dict[str, Any], series: str) -> str:
+    c = r["charts"][series]
+    if series == "copy_rate":
+        return f"peak {c['peak_docs_per_second']}, mean {c['mean_docs_per_second']} ({c['samples']} samples)"
+    return f"max {c['max_seconds']}, last {c['last_seconds']} ({c['samples']} samples)"
+
+
+def _md_spans(spans: list[Span]) -> str:
+    marks = {"": "{}", "b": "**{}**", "code": "`{}`"}
+    return "".join(marks[style].format(text) for style, text in spans)
+
+
+def report_markdown(r: dict[str, Any]) -> str:
+    """The report as markdown (Prefect artifact, README-style), with text sparklines for the charts."""
+    out: list[str] = []
+    for kind, payload in _blocks(r):
+        if kind in ("h1", "h2"):
+            out.append(("# " if kind == "h1" else "## ") + _md_spans(payload))
+        elif kind == "p":
+            out.append(_md_spans(payload))
+        elif kind == "ul":
+            out.append("\n".join(f"- {_md_spans(item)}" for item in payload))
+        elif kind == "table":
+            header, rows = payload
+            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(_md_spans(cell) for cell in row) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "chart":
+            spark = r["charts"][payload]["sparkline"] or "no samples"
+            out.append(f"`{spark}`  {_chart_caption(r, payload)}")
+    return "\n\n".join(out) + "\n"
+
+
+def _html_spans(spans: list[Span]) -> str:
+    tags = {"": "{}", "b": "<b>{}</b>", "code": "<code>{}</code>"}
+    return "".join(tags[style].format(html.escape(str(text))) for style, text in spans)
+
+
+CHARTS = {
+    "copy_rate": ("Copy rate during the clone", "docs/s"),
+    "lag": ("Lag over time (optime gap)", "seconds"),
+}
+
+
 def report_html(r: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page with the two SVG charts."""
-    md = html.escape(report_markdown(r).split("## Copy rate")[0])
+    """The report as one self-contained HTML page (no script, no network) with the two SVG charts."""
+    out: list[str] = []
+    for kind, payload in _blocks(r):
+        if kind in ("h1", "h2", "p"):
+            out.append(f"<{kind}>{_html_spans(payload)}</{kind}>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_html_spans(item)}</li>" for item in payload) + "</ul>")
+        elif kind == "table":
+            header, rows = payload
+            out.append(
+                "<table><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in header)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{_html_spans(c)}</td>" for c in row) + "</tr>" for row in rows)
+                + "</table>"
+            )
+        elif kind == "chart":
+            title, unit = CHARTS[payload]
+            out.append(svg_chart(r["series"][payload], title, unit))
+            out.append(f"<p>{html.escape(_chart_caption(r, payload))}</p>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>livemigrate report {html.escape(r['name'])}</title></head>"
-        "<body style='font-family: sans-serif; max-width: 820px; margin: 2em auto'>"
-        f"<pre style='white-space: pre-wrap'>{md}</pre>"
-        + svg_chart(r["series"]["copy_rate"], "Copy rate during the clone", "docs/s")
-        + "<br>"
-        + svg_chart(r["series"]["lag"], "Lag over time (optime gap)", "seconds")
-        + "<h2>Decisions</h2><ul>"
-        + "".join(
-            f"<li>{html.escape(str(d['at']))}: <b>{html.escape(d['action'])}</b> by "
-            f"{html.escape(d['approver'] or '(unnamed)')} {html.escape(d['reason'])}</li>"
-            for d in r["decisions"]
-        )
-        + "</ul></body></html>"
+        f"<title>livemigrate report {html.escape(r['name'])}</title>"
+        "<style>body{font-family:sans-serif;max-width:820px;margin:2em auto}"
+        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 6px;text-align:left}</style>"
+        "</head><body>" + "\n".join(out) + "</body></html>\n"
     )
 
 

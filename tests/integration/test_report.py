@@ -55,6 +55,8 @@ def test_report_has_copy_rate_and_lag_charts_after_a_cutover(
     html = path.read_text()
     assert html.count("<svg") == 2 and html.count("<polyline") == 2
     assert "no samples recorded" not in html
+    assert "<h1>Migration report" in html and "<li><b>Phase:</b> complete</li>" in html
+    assert "# Migration report" not in html and "- **" not in html  # rendered, not raw markdown
     md = (tmp_path / "report" / "migration-report.md").read_text()
     assert re.search(r"`[▁▂▃▄▅▆▇█]+`", md)
     assert "**cutover** by oncall" in md
