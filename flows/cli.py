@@ -7,7 +7,6 @@ engine or a flow; engine errors print one line and exit with a documented code
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -43,11 +42,19 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log engine progress to stderr.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also log INFO lines to stderr: the engine's progress and Prefect's own lines (run created, "
+            "states, tracebacks), which otherwise go only to the run's log.",
+        ),
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    from flows.common import set_terminal_verbose
+
+    set_terminal_verbose(verbose)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
@@ -240,6 +247,9 @@ def link_delete_cmd(name: LinkNameOpt) -> None:
 
 
 def main() -> None:
+    from flows.common import install_terminal_log
+
+    install_terminal_log()
     app()
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -23,6 +25,9 @@ from tasks.errors import ConfigError
 METADATA_DB = "__livemigrate"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SCHEMES = ("mongodb://", "mongodb+srv://")
+_URI_FILE_OPTIONS = ("tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile")
+_ESCAPE_HINT = "percent-encode ':', '/', '?' and '@' in the user name and password (RFC 3986)"
 
 
 class _Strict(BaseModel):
@@ -60,9 +65,9 @@ class Endpoint(_Strict):
 
     @field_validator("uri")
     @classmethod
-    def _uri_scheme(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None and not v.get_secret_value().startswith(("mongodb://", "mongodb+srv://")):
-            raise ValueError("must start with mongodb:// or mongodb+srv://")
+    def _uri_ok(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_uri(v.get_secret_value())
         return v
 
 
@@ -226,9 +231,29 @@ class MigrationConfig(_Strict):
                 continue
             block = ep.secret or link_block_name(out.link or "", side)
             value = lookup(block)
-            new_ep = ep.model_copy(update={"uri": Endpoint._uri_scheme(SecretStr(value))})
+            try:
+                check_uri(value)
+            except ValueError as exc:
+                raise ConfigError(f"{side}.uri (from Prefect Secret block {block!r}): {exc}") from None
+            new_ep = ep.model_copy(update={"uri": SecretStr(value)})
             out = out.model_copy(update={side: new_ep})
         return out
+
+    def check_files(self) -> MigrationConfig:
+        """Each side's ``tls_ca_file`` exists on this machine, is readable and holds PEM certificates.
+
+        Why apart from the model's own validation: the model is the config's shape, which a config built
+        in code may have without the files (the prechecks report a missing CA file as their connect
+        check); a config loaded to be used (:func:`load_config`) is refused at once, before anything
+        connects, with ConfigError naming the field and the path.
+        """
+        from tasks.mongo import check_ca_file
+
+        for side in ("source", "destination"):
+            ep: Endpoint = getattr(self, side)
+            if ep.tls_ca_file is not None:
+                check_ca_file(Path(ep.tls_ca_file), side)
+        return self
 
     def source_uri(self) -> str:
         return _require(self.source.uri, "source")
@@ -248,6 +273,111 @@ def _require(uri: SecretStr | None, side: str) -> str:
             f"{side}.uri: not resolved (the URI comes from a Secret block or link; run through the CLI or a flow)"
         )
     return uri.get_secret_value()
+
+
+def check_uri(uri: str) -> None:
+    """Refuse a connection string that cannot work, before anything connects; ``ValueError`` says why.
+
+    Why: the driver finds these only when a flow connects (a port of 70000, an option it refuses, a TLS
+    file named in the options that is not there), minutes into a run and behind a traceback.  Every
+    check is static: no DNS (a mongodb+srv:// name is resolved when connecting), no connection.  The
+    message names a host, a port or an option, never the user name, the password or the URI.
+    """
+    scheme = next((s for s in _SCHEMES if uri.startswith(s)), None)
+    if scheme is None:
+        raise ValueError("must start with mongodb:// or mongodb+srv://")
+    srv = scheme == "mongodb+srv://"
+    rest = uri[len(scheme) :]
+    before_options, _, options = rest.partition("?")  # the driver's own split: options, then the database
+    host_part = before_options.partition("/")[0]
+    userinfo, _, hosts = host_part.rpartition("@")
+    # An '@' after the host list means the credentials hold an unescaped '/' or '?': what looks like a
+    # host may then be part of the password, so no host is named.
+    named = "@" in host_part or "@" not in rest
+    _check_hosts(hosts, srv=srv, named=named)
+    _check_file_options(options)
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser import parse_uri, parse_userinfo, split_options
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an option the driver ignores is its warning when connecting, not an error
+        try:
+            if not srv:
+                parse_uri(uri, validate=True, warn=True)
+            else:  # parse_uri would look the name up in DNS
+                if userinfo:
+                    parse_userinfo(userinfo)
+                if options and split_options(options, validate=True, warn=True).get("directConnection"):
+                    raise ValueError("directConnection=true is not allowed with mongodb+srv://")
+        except (PyMongoError, ValueError, TypeError, OSError) as exc:
+            raise ValueError(f"invalid connection string: {_scrub(str(exc), uri, userinfo)}") from None
+
+
+def _check_hosts(hosts: str, *, srv: bool, named: bool) -> None:
+    """Every host's port is a number from 1 to 65535; a mongodb+srv:// URI has one host and no port."""
+    entities = hosts.split(",")
+    if not hosts:
+        raise ValueError("names no host")
+    if srv and len(entities) != 1:
+        raise ValueError("a mongodb+srv:// URI names exactly one host (its DNS name)")
+    for entity in entities:
+        if not entity:
+            raise ValueError("an empty host in the host list (an extra comma?)")
+        if entity.endswith(".sock"):
+            continue  # a Unix domain socket has no port
+        if entity.startswith("["):  # an IPv6 literal: [::1]:27017
+            i = entity.find("]:")
+            host, port = (entity, None) if i == -1 else (entity[: i + 1], entity[i + 2 :])
+        elif entity.count(":") == 1:
+            host, port = entity.split(":")
+        else:
+            continue  # no port, or a shape the driver's parser names below
+        if port is None:
+            continue
+        if srv:
+            raise ValueError(
+                "a mongodb+srv:// URI takes no port (DNS gives the ports)" + (f": {host}" if named else "")
+            )
+        where = f" of host {host}" if named else ""
+        if not port.isdigit():
+            raise ValueError(f"a port{where} is not a number; {_ESCAPE_HINT}")
+        if not 1 <= int(port) <= 65535:
+            raise ValueError(
+                f"port {port}{where} is out of range (1-65535)" if named else f"a port is out of range; {_ESCAPE_HINT}"
+            )
+
+
+def _check_file_options(options: str) -> None:
+    """The TLS files a URI's options name exist and are readable here (the driver opens them when connecting)."""
+    if not options:
+        return
+    from pymongo.uri_parser import split_options
+
+    try:
+        parsed = split_options(options, validate=False)
+    except Exception:  # noqa: BLE001 - malformed options are named by the driver's parser afterwards
+        return
+    for name in _URI_FILE_OPTIONS:
+        value = parsed.get(name)
+        if value is None:
+            continue
+        path = Path(str(value))
+        if not path.exists():
+            raise ValueError(f"{name} {path} does not exist")
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ValueError(f"{name} {path} is not a readable file")
+
+
+def _scrub(text: str, uri: str, userinfo: str) -> str:
+    """The driver's message without the URI, the credentials or the password (raw or decoded).
+
+    A secret is replaced where it stands alone (between non-alphanumerics), so a short password does not
+    eat the letters of ordinary words.
+    """
+    password = userinfo.partition(":")[2]
+    for secret in sorted({uri, userinfo, password, unquote_plus(password)} - {""}, key=len, reverse=True):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return text
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:
@@ -285,4 +415,12 @@ def load_config(path: str | Path) -> MigrationConfig:
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
-    return config_from_dict(data, str(p))
+    return checked_files(config_from_dict(data, str(p)), str(p))
+
+
+def checked_files(config: MigrationConfig, source: str) -> MigrationConfig:
+    """:meth:`MigrationConfig.check_files`, its error prefixed with where the config came from."""
+    try:
+        return config.check_files()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

@@ -3,6 +3,8 @@
 The contract (tasks/shutdown.py): the sync thread finishes the batch in hand and writes its
 checkpoint; the migration keeps its phase and the destination lock; the process prints one line
 on stderr (never a traceback) and exits with 128 + the signal number; running it again converges.
+`livemigrate migrate`, stopped by a signal or by an error, leaves only its own lines on the terminal:
+Prefect's (run created, states, the flow's traceback, "Crash detected!") go to the run's log.
 """
 
 from __future__ import annotations
@@ -67,6 +69,20 @@ def _assert_clean_stop(proc: subprocess.Popen[str], sig: signal.Signals, prefix:
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"{prefix} stopped by {sig.name}"), err[-3000:]
     return out, err
+
+
+def _assert_only_livemigrate_lines(err: str) -> None:
+    """Default terminal output: the CLI's lines and one-line warnings, nothing of Prefect's."""
+    for noise in ("Beginning flow run", "Finished in state", "Crash detected!", "EventsWorker", "Traceback"):
+        assert noise not in err, err[-3000:]
+    assert all(line.startswith("livemigrate:") for line in err.strip().splitlines()), err[-3000:]
+
+
+def _cli_env() -> dict[str, str]:
+    """The test harness's Prefect server, and Prefect logging at its default level (the suite lowers it)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_LOGGING_LEVEL": "INFO"}
 
 
 def _assert_checkpoint_is_last_batch(store: MetadataStore, name: str) -> int:
@@ -137,12 +153,10 @@ def test_cli_migrate_sigterm_stops_cleanly_then_resumes(
     tmp_path: Path,
 ) -> None:
     """The real `livemigrate migrate` (Prefect flow in the CLI process), stopped while it syncs."""
-    from prefect.settings import PREFECT_API_URL
-
     seed_writer_data(src_client, dbname)
     cfg, name = _cfg_file(tmp_path, pair, dbname)
     store = MetadataStore(dst_client)
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    env = _cli_env()
     writer = Writer(src_client, dbname, seed=4, rate_sleep=0.002)
     writer.start()
     proc = _spawn(["flows.cli", "migrate", "--config", str(cfg), "--skip-prechecks"], env)
@@ -150,7 +164,8 @@ def test_cli_migrate_sigterm_stops_cleanly_then_resumes(
         synced = lambda: (d := store.get(name)) is not None and d.ready and d.lag.applied_events > 50  # noqa: E731
         assert wait_until(synced, 90, 0.2), proc.stderr.read() if proc.poll() is not None and proc.stderr else "no sync"
         proc.send_signal(signal.SIGTERM)
-        _assert_clean_stop(proc, signal.SIGTERM, "livemigrate:")
+        _, err = _assert_clean_stop(proc, signal.SIGTERM, "livemigrate:")
+        _assert_only_livemigrate_lines(err)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -158,3 +173,38 @@ def test_cli_migrate_sigterm_stops_cleanly_then_resumes(
     _assert_checkpoint_is_last_batch(store, name)
     writer.stop()
     _resume_and_compare(cfg, src_client, dst_client, dbname)
+
+
+@pytest.mark.flows
+def test_cli_migrate_error_is_one_line_and_prefect_logs_go_to_the_run(
+    prefect_harness: None, pair: tuple[Deployment, Deployment], dbname: str, tmp_path: Path
+) -> None:
+    """A flow that fails (the source is unreachable): one error line on the terminal, the run log keeps Prefect's."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    cfg = tmp_path / "unreachable.yaml"
+    data = {
+        "name": f"err-{dbname}"[:60],
+        "source": {"uri": "mongodb://127.0.0.1:1/?directConnection=true"},  # nothing listens on port 1
+        "destination": {"uri": pair[1].uri},
+        "namespaces": {"include": [f"{dbname}.*"]},
+        "tuning": {"connect_timeout_seconds": 0.5},
+    }
+    cfg.write_text(yaml.safe_dump(data))
+    proc = _spawn(["flows.cli", "migrate", "--config", str(cfg), "--skip-prechecks"], _cli_env())
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err[-3000:]
+    _assert_only_livemigrate_lines(err)
+    assert err.strip().splitlines()[-1].startswith("livemigrate: error: source (127.0.0.1:1): cannot connect"), err
+    with get_client(sync_client=True) as client:
+        runs = [
+            r
+            for r in client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=20)
+            if r.parameters.get("config") == str(cfg)
+        ]
+        assert len(runs) == 1 and runs[0].state is not None and runs[0].state.is_failed()
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id])))
+    messages = "\n".join(log.message for log in logs)
+    assert "Beginning flow run" in messages and "Finished in state Failed" in messages, messages
