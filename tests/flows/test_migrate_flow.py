@@ -361,3 +361,14 @@ def test_a_sync_that_fails_while_paused_fails_the_run_from_the_engines_signal(
     doc = store.load(name)
     assert doc.phase == Phase.FAILED and "history lost" in (doc.error or "")
     assert [d.action for d in doc.decisions] == []  # nobody decided anything: no cancel was recorded
+    # The failed run says what failed, the clusters' state and the next command, where the engineer looks.
+    from prefect.client.orchestration import get_client
+
+    from flows.artifacts import artifact_key
+
+    with get_client(sync_client=True) as c:
+        outcome = [a for a in c.read_artifacts(limit=200) if a.key == artifact_key(name, "outcome")]
+    assert outcome, "no outcome artifact for the failed run"
+    text = str(outcome[-1].data)
+    assert "failed" in text and "history lost" in text and "open for writes" in text, text
+    assert f"livemigrate migrate --config {path}" in text, text
