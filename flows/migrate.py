@@ -17,9 +17,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FlowPauseTimeout, TerminationSignal
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
+from prefect.states import Cancelled
 from pydantic import Field
 
 from flows.artifacts import CloneProgressArtifact, LiveStatus, artifact_key, markdown, table
@@ -29,6 +30,7 @@ from flows.status import cutover_plan_markdown, live_status_markdown, status_mar
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
 from tasks.migration import CutoverRefused, Migration, describe
+from tasks.shutdown import ShutdownRequested, note_stop
 from tasks.state import Decision, MigrationDoc, Phase
 
 log = logging.getLogger(__name__)
@@ -427,6 +429,15 @@ def migrate_flow(
         metrics.phase(cfg.name, Phase.SYNCING.value)
         ready_stage(m)
         return _decide(m, relay_id=flow_run_id or "", report_dir=report_dir, metrics=metrics, live=live)
+    except (ShutdownRequested, TerminationSignal) as exc:
+        # A clean stop (tasks/shutdown.py; Prefect's own SIGTERM bridge raises TerminationSignal): the finally
+        # below stops the sync after its last applied batch and keeps the checkpoint; the run is cancelled,
+        # not crashed, and the same migration run again resumes.
+        stop = exc if isinstance(exc, ShutdownRequested) else ShutdownRequested(exc.signal)
+        note_stop(stop.signum)
+        message = stop.one_line(cfg.name, "run the same migration again to resume")
+        logger.info(message)  # not a warning: the terminal already says it once (flows/operate.py)
+        return Cancelled(message=message)  # type: ignore[return-value]  # Prefect makes a returned state the run's
     except BaseException as exc:
         if isinstance(exc, LiveMigrateError) and m.store.get(m.name) is not None:
             m.fail(exc)

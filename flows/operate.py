@@ -30,7 +30,7 @@ from tasks.errors import EXIT_FAILED, EXIT_OK
 from tasks.metadata import MetadataStore
 from tasks.migration import describe
 from tasks.mongo import connect_side
-from tasks.shutdown import ShutdownRequested, graceful_shutdown
+from tasks.shutdown import ShutdownRequested, graceful_shutdown, stopped_by
 
 log = logging.getLogger(__name__)
 out = Console(soft_wrap=True)
@@ -39,6 +39,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 @cli_guard
 def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir: Path | None) -> int:
+    from prefect.exceptions import CancelledRun
+
     from flows.migrate import migrate_flow
 
     cfg = load_resolved(config)  # fail fast, with exit 2, on a broken file or link
@@ -58,11 +60,15 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
                     skip_prechecks=skip_prechecks,
                     report_dir=str(report_dir) if report_dir else None,
                 )
-        except ShutdownRequested as exc:
+        except (ShutdownRequested, CancelledRun) as exc:
             # The flow's own cleanup has run (Migration.close: sync stopped, checkpoint written).
+            signum = stopped_by()
+            if isinstance(exc, CancelledRun) and signum is None:
+                raise  # cancelled from the Prefect UI
+            stop = exc if isinstance(exc, ShutdownRequested) else ShutdownRequested(signum or 15)
             hint = f"run `livemigrate migrate --config {config}` to resume"
-            print(f"livemigrate: {exc.one_line(cfg.name, hint)}", file=sys.stderr, flush=True)
-            return exc.exit_code
+            print(f"livemigrate: {stop.one_line(cfg.name, hint)}", file=sys.stderr, flush=True)
+            return stop.exit_code
     phase = result.get("phase")
     out.print(f"migration [bold]{result.get('name')}[/] ended: [bold]{phase}[/]")
     cut = result.get("cutover") or {}

@@ -72,6 +72,20 @@ class ShutdownRequested(KeyboardInterrupt):
         )
 
 
+_stopped_by: list[int] = []
+
+
+def note_stop(signum: int) -> None:
+    """Record a stop that reached the code without :func:`_handler` (Prefect's own SIGTERM bridge in a flow)."""
+    _requested.set()
+    _stopped_by[:] = [signum]
+
+
+def stopped_by() -> int | None:
+    """The signal of the last stop in this :func:`graceful_shutdown` block, if any."""
+    return _stopped_by[0] if _stopped_by else None
+
+
 def requested() -> bool:
     """True once a handled signal arrived (engine loops in other threads may poll this)."""
     return _requested.is_set()
@@ -79,7 +93,7 @@ def requested() -> bool:
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     again = _requested.is_set()
-    _requested.set()
+    note_stop(signum)
     if again:
         log.warning("%s again: stopping now", signal.Signals(signum).name)
     raise ShutdownRequested(signum)
@@ -97,6 +111,7 @@ def graceful_shutdown(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> 
         return
     previous: dict[signal.Signals, Any] = {}
     _requested.clear()
+    _stopped_by.clear()
     try:
         for sig in signals:
             previous[sig] = signal.signal(sig, _handler)
@@ -105,6 +120,7 @@ def graceful_shutdown(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> 
         for sig, old in previous.items():
             signal.signal(sig, old)
         _requested.clear()
+        _stopped_by.clear()
 
 
 __all__ = ["HANDLED_SIGNALS", "ShutdownRequested", "graceful_shutdown", "requested"]

@@ -172,6 +172,22 @@ def test_cli_migrate_sigterm_stops_cleanly_then_resumes(
         writer.stop_event.set()
     _assert_checkpoint_is_last_batch(store, name)
     writer.stop()
+    # The run itself: stopped, not crashed (no "Crash detected!" at ERROR in its log either).
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = [
+            r
+            for r in client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=20)
+            if r.parameters.get("config") == str(cfg)
+        ]
+        assert len(runs) == 1 and runs[0].state is not None, runs
+        assert runs[0].state.is_cancelled(), runs[0].state
+        assert "stopped by SIGTERM" in (runs[0].state.message or ""), runs[0].state.message
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[runs[0].id])))
+    assert not [x.message for x in logs if "Crash detected" in x.message], [x.message for x in logs]
     _resume_and_compare(cfg, src_client, dst_client, dbname)
 
 
