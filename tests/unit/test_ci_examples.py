@@ -61,13 +61,16 @@ def test_start_migration_runs_the_migrate_deployment_with_secrets() -> None:
     assert job["env"]["PREFECT_API_URL"] == "${{ secrets.PREFECT_API_URL }}"
     assert job["env"]["PREFECT_API_KEY"] == "${{ secrets.PREFECT_API_KEY }}"
     text = _run_text(wf)
-    assert "prefect deployment run 'migrate/migrate'" in text and '--param config="$CONFIG"' in text
+    # deployments/start_run.py sends the reviewed file inline and follows the run (tests/flows/test_start_run.py).
+    assert any(str(s.get("uses", "")).startswith("actions/checkout@") for s in _steps(wf))
+    assert 'python deployments/start_run.py --config "$CONFIG" --until "$UNTIL"' in text
 
 
 def test_ci_names_deployments_that_prefect_yaml_defines() -> None:
     names = {d["name"] for d in yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]}
     text = "".join(_run_text(_load(p)) for p in WORKFLOWS.glob("*.yml"))
-    used = set(re.findall(r"prefect deployment run '([^'/]+)/([^']+)'", text))
+    text += (ROOT / "deployments" / "start_run.py").read_text().replace('DEPLOYMENT = "', "prefect deployment run '")
+    used = set(re.findall(r"prefect deployment run '([^'/\"]+)/([^'\"]+)", text))
     assert used and all(flow == dep and dep in names for flow, dep in used)
 
 
