@@ -24,8 +24,8 @@ from typing import Any
 
 from pymongo import MongoClient
 
+from flows.localservers import REPO_ROOT, ServerPair, secantusd_path
 from tasks.config import METADATA_DB, MigrationConfig, config_from_dict
-from tasks.localservers import REPO_ROOT, ServerPair, secantusd_path
 
 log = logging.getLogger("bench")
 

@@ -26,8 +26,8 @@ from typing import Any
 from bench.common import Servers, Timer, config_dict, drop_databases, ratio, reset_destination
 from bench.data import seed_database
 from bench.sync_bench import Mix, level, seed_live, write_at_rate
+from flows.localservers import REPO_ROOT
 from tasks.config import config_from_dict
-from tasks.localservers import REPO_ROOT
 from tasks.migration import Migration
 from tasks.state import MigrationDoc
 

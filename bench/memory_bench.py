@@ -23,7 +23,7 @@ import yaml
 
 from bench.common import Servers, Timer, config_dict, drop_databases, ratio, reset_destination
 from bench.data import seed_database
-from tasks.localservers import REPO_ROOT
+from flows.localservers import REPO_ROOT
 
 log = logging.getLogger("bench.memory")
 

@@ -32,8 +32,8 @@ from pymongo import DeleteOne, InsertOne, MongoClient, UpdateOne
 
 from bench.common import Servers, config_dict, drop_databases, median, percentile, ratio, reset_destination
 from bench.data import SEED_BATCH, WORDS, CollectionShape, create_indexes, insert_batches, raw_docs
+from flows.localservers import REPO_ROOT
 from tasks.config import METADATA_DB
-from tasks.localservers import REPO_ROOT
 from tasks.mongo import RAW, latest_optime
 
 log = logging.getLogger("bench.sync")

@@ -28,7 +28,7 @@ from bson import Binary, Decimal128, Int64, ObjectId
 from pymongo import MongoClient
 from rich.console import Console
 
-from tasks.localservers import ServerPair
+from flows.localservers import ServerPair
 
 console = Console(soft_wrap=True)
 REPO = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from pymongo import MongoClient  # noqa: E402
 
-from tasks.localservers import ServerPair, free_port  # noqa: E402
+from flows.localservers import ServerPair, free_port  # noqa: E402
 
 NAME = "browser-check"
 

@@ -22,8 +22,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 import pytest
 from pymongo import MongoClient
 
+from flows.localservers import LocalServer, ServerPair, create_user
 from tasks.config import METADATA_DB
-from tasks.localservers import LocalServer, ServerPair, create_user
 from tests.certs import make_tls_material
 
 BACKEND = os.environ.get("LIVEMIGRATE_TEST_BACKEND", "secantus")

@@ -237,7 +237,7 @@ def test_window_expiry(
 ) -> None:
     src_client[dbname]["c"].insert_one({"_id": 1})
     path = write_config(tmp_path, pair, dbname, window_hours=6 / 3600)  # a six-second window
-    from tasks.localservers import free_port
+    from flows.localservers import free_port
 
     port = free_port()
     data = yaml.safe_load(path.read_text())

@@ -21,9 +21,9 @@ import yaml
 from bson import json_util
 from pymongo import MongoClient
 
+from flows.localservers import free_port
 from tasks.config import METADATA_DB, load_config
 from tasks.errors import LiveMigrateError
-from tasks.localservers import free_port
 from tasks.metadata import MetadataStore
 from tasks.mongo import connect
 from tests.conftest import SOURCE_PASSWORD, SOURCE_USER, Deployment

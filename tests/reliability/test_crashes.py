@@ -13,8 +13,8 @@ import pytest
 import yaml
 from pymongo import MongoClient
 
+from flows.localservers import ServerPair
 from tasks.errors import HistoryLostError, LockHeldError
-from tasks.localservers import ServerPair
 from tasks.metadata import MetadataStore
 from tasks.migration import Migration
 from tasks.state import PartitionStatus

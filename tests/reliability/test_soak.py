@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pymongo import MongoClient
 
-from tasks.localservers import ServerPair
+from flows.localservers import ServerPair
 from tasks.migration import Migration
 from tasks.mongo import latest_optime
 from tests.conftest import requires_secantus
