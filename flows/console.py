@@ -29,12 +29,12 @@ from rich.progress import (
 )
 
 from flows.common import cli_guard, load_resolved
+from flows.report import write_migration_report
 from tasks.config import MigrationConfig
 from tasks.errors import EXIT_FAILED, EXIT_OK, LiveMigrateError
 from tasks.metadata import MetadataStore
 from tasks.migration import describe
 from tasks.mongo import connect_side
-from tasks.report import write_migration_report
 
 log = logging.getLogger(__name__)
 MAX_NAMESPACE_BARS = 8

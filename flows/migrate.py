@@ -274,7 +274,7 @@ def publish_report(m: Migration, report_dir: str | None) -> str | None:
     """The final report (copy-rate and lag charts): a markdown artifact, files in ``report_dir``, the store."""
     from pathlib import Path
 
-    from tasks.report import build_report, report_markdown, write_migration_report
+    from flows.report import build_report, report_markdown, write_migration_report
 
     try:
         if report_dir:

@@ -19,7 +19,10 @@ def utc_text(value: str | dt.datetime | None) -> str:
     """A timestamp as ``2026-12-01 03:50:12 UTC`` (stored datetimes are UTC, some without a zone)."""
     if value is None:
         return "-"
-    t = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    try:
+        t = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    except ValueError:
+        return str(value)  # not a timestamp: shown as it is
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
     return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from flows.report import write_migration_report
 from tasks.migration import Migration
-from tasks.report import write_migration_report
 from tasks.timeline import CLONE, SYNC
 from tests.conftest import Deployment
 from tests.helpers import Writer, make_config, seed_writer_data, wait_until

@@ -1,4 +1,4 @@
-"""migration-report.html renders the report's summary as HTML (tasks/report.py), never as raw markdown.
+"""migration-report.html renders the report's summary as HTML (flows/report.py), never as raw markdown.
 
 Namespace names, reasons, warnings and errors are data from the clusters and the operators: the page
 shows them as text, whatever characters they hold.
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tasks.report import report_html, report_markdown
+from flows.report import report_html, report_markdown
 
 pytestmark = pytest.mark.unit
 

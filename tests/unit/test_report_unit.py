@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from tasks.report import _downsample, sparkline, svg_chart
+from flows.report import _downsample, sparkline, svg_chart
 from tasks.timeline import copy_rates
 
 pytestmark = pytest.mark.unit

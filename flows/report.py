@@ -14,6 +14,7 @@ import html
 from pathlib import Path
 from typing import Any
 
+from flows.status import human_bytes, utc_text
 from tasks.errors import TerminalError
 from tasks.metadata import MetadataStore
 from tasks.migration import describe
@@ -151,13 +152,13 @@ def _blocks(r: dict[str, Any]) -> list[Block]:
                     ("b", "Copied:"),
                     (
                         "",
-                        f" {r['clone']['docs']} documents, {r['clone']['bytes']} bytes, "
+                        f" {r['clone']['docs']} documents, {human_bytes(r['clone']['bytes'])} ({r['clone']['bytes']} bytes), "
                         f"{r['clone']['partitions_done']}/{r['clone']['partitions']} partitions",
                     ),
                 ],
                 [("b", "Events applied by the sync:"), ("", f" {r['lag'].get('applied_events')}")],
-                [("b", "Destination ready to accept writes:"), ("", f" {r['destination_ready_at'] or '-'}")],
-                [("b", "Migration complete:"), ("", f" {r['completed_at'] or '-'}")],
+                [("b", "Destination ready to accept writes:"), ("", f" {utc_text(r['destination_ready_at'])}")],
+                [("b", "Migration complete:"), ("", f" {utc_text(r['completed_at'])}")],
                 [("b", "Final verification:"), ("", f" {_verdict(r)}")],
             ],
         ),
@@ -170,7 +171,11 @@ def _blocks(r: dict[str, Any]) -> list[Block]:
         (
             "ul",
             [
-                [("", f"{d['at']}: "), ("b", d["action"]), ("", f" by {d['approver'] or '(unnamed)'} {d['reason']}")]
+                [
+                    ("", f"{utc_text(d['at'])}: "),
+                    ("b", d["action"]),
+                    ("", f" by {d['approver'] or '(unnamed)'} {d['reason']}"),
+                ]
                 for d in r["decisions"]
             ]
             or [[("", "none")]],
@@ -189,8 +194,9 @@ def _downtime_blocks(r: dict[str, Any]) -> list[Block]:
     if not down:
         return []
     est = down.get("estimate") or {}
-    total = f" {down['seconds']:.2f} s, from {down['started_at']} to {down['destination_ready_at']}" + (
-        f" (estimated {est['seconds']:g} s at the approval)" if est.get("seconds") is not None else ""
+    total = (
+        f" {down['seconds']:.2f} s, from {utc_text(down['started_at'])} to {utc_text(down['destination_ready_at'])}"
+        + (f" (estimated {est['seconds']:g} s at the approval)" if est.get("seconds") is not None else "")
     )
     items: list[list[Span]] = [
         [("b", "Total:"), ("", total)],
@@ -206,8 +212,8 @@ def _downtime_blocks(r: dict[str, Any]) -> list[Block]:
             [
                 [("code", ns)],
                 [("", f"{p['partitions'] - p['partitions_hashed_at_cutover']}/{p['partitions']}")],
-                [("", f"{p['partitions_proven_until'] or '-'}")],
-                [("", f"{p['documents_rechecked_at_cutover']} documents at {p['rechecked_at']}")],
+                [("", utc_text(p["partitions_proven_until"]))],
+                [("", f"{p['documents_rechecked_at_cutover']} documents at {utc_text(p['rechecked_at'])}")],
             ]
             for ns, p in proofs
         ]
