@@ -33,8 +33,8 @@ from flows.report import write_migration_report
 from tasks.config import MigrationConfig
 from tasks.errors import EXIT_FAILED, EXIT_OK, LiveMigrateError
 from tasks.metadata import MetadataStore
-from tasks.migration import describe
 from tasks.mongo import connect_side
+from tasks.status import describe
 
 log = logging.getLogger(__name__)
 MAX_NAMESPACE_BARS = 8

@@ -29,9 +29,10 @@ from flows.metrics import Metrics
 from flows.status import cutover_plan_markdown, live_status_markdown, status_markdown
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
-from tasks.migration import CutoverRefused, Migration, describe
+from tasks.migration import CutoverRefused, Migration
 from tasks.shutdown import ShutdownRequested, note_stop
 from tasks.state import Decision, MigrationDoc, Phase
+from tasks.status import describe
 
 log = logging.getLogger(__name__)
 

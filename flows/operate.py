@@ -28,9 +28,9 @@ from flows.common import cli_guard, load_resolved
 from flows.status import status_rows, utc_text
 from tasks.errors import EXIT_FAILED, EXIT_OK
 from tasks.metadata import MetadataStore
-from tasks.migration import describe
 from tasks.mongo import connect_side
 from tasks.shutdown import ShutdownRequested, graceful_shutdown, stopped_by
+from tasks.status import describe
 
 log = logging.getLogger(__name__)
 out = Console(soft_wrap=True)

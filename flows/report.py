@@ -17,7 +17,7 @@ from typing import Any
 from flows.status import human_bytes, utc_text
 from tasks.errors import TerminalError
 from tasks.metadata import MetadataStore
-from tasks.migration import describe
+from tasks.status import describe
 from tasks.timeline import CLONE, SYNC, Timeline, copy_rates
 
 SPARKS = "▁▂▃▄▅▆▇█"

@@ -14,7 +14,8 @@ import pytest
 from pymongo import MongoClient
 
 from checks.continuous import DirtySet, event_id_key
-from tasks.migration import CutoverRefused, Migration, describe
+from tasks.migration import CutoverRefused, Migration
+from tasks.status import describe
 from tests.conftest import Deployment
 from tests.helpers import assert_same_data, make_config, wait_until
 
