@@ -15,7 +15,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,12 +120,6 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    with Timer() as t:
-        out = fn()
-    return t.seconds, out
-
-
 def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
@@ -198,11 +192,3 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": [round(x, 2) for x in load],
         "repo": str(REPO_ROOT),
     }
-
-
-def vm_hwm_kb(pid: int | str = "self") -> int:
-    """Peak resident set size (VmHWM) of a process, in KiB, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0

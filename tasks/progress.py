@@ -39,11 +39,6 @@ class RateMeter:
             self._last_t, self._last_v = now, value
         return self.rate
 
-    def eta(self, done: float, total: float) -> float | None:
-        if self.rate <= 0 or total <= done:
-            return None if total > done else 0.0
-        return (total - done) / self.rate
-
 
 class Throttle:
     """Call a function at most every ``interval`` seconds (progress must not be per batch)."""
