@@ -123,6 +123,8 @@ def judge_decision(
     return Verdict("accepted")
 
 
+DRAIN_REPORT_SECONDS = 10.0  # a drain that waits says so (a WARNING in the run's log) this often
+
 VerifyFn = Callable[[MigrationDoc], dict[str, Any]]
 """Runs the final verification; returns a summary with at least {"equal": bool}."""
 
@@ -639,7 +641,7 @@ class Migration:
                     raise
                 clock.lap("quiesce")
             target = latest_optime(self.src)
-            drained = runner.wait(lambda st: runner.applied_through(target), self.cfg.cutover.drain_timeout_seconds)
+            drained = self._drain(runner, target)
             if not drained:
                 raise TerminalError(
                     f"the sync did not reach the source's last write within {self.cfg.cutover.drain_timeout_seconds:g}s",
@@ -688,6 +690,26 @@ class Migration:
             if isinstance(exc, LiveMigrateError) and not isinstance(exc, CutoverRefused):
                 self.fail(exc)
             raise
+
+    def _drain(self, runner: SyncRunner, target: Timestamp) -> bool:
+        """Wait until the sync has applied the source's last write; say so every 10 s while it waits."""
+        timeout = self.cfg.cutover.drain_timeout_seconds
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if runner.wait(lambda st: runner.applied_through(target), max(0.0, min(DRAIN_REPORT_SECONDS, left))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            st = runner.state
+            behind = target.time - st.applied_time.time if st.applied_time is not None else None
+            log.warning(
+                "the drain is still waiting for the source's last write: %s s of history left to apply, "
+                "%.0f s before the cutover fails (drain_timeout_seconds %g)",
+                "?" if behind is None else behind,
+                max(0.0, deadline - time.monotonic()),
+                timeout,
+            )
 
     def _back_to_syncing(self) -> None:
         """A refused cutover (the source never stood still): nothing was blocked or changed; sync on, ask again."""

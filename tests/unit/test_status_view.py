@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
+
+import pytest
 
 from flows.migrate import CutoverDecision
 from flows.status import cutover_plan_markdown, human_bytes, live_status_markdown, status_markdown
@@ -106,3 +109,34 @@ def test_the_form_requires_action_confirm_and_approver_and_preselects_nothing() 
 
 def test_sizes_are_human_readable() -> None:
     assert [human_bytes(n) for n in (0, 2048, 5 * 1024**3)] == ["0 B", "2.0 KB", "5.0 GB"]
+
+
+def test_a_drain_that_waits_says_so_as_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain's wait reaches the run log (engine WARNINGs are bridged there), not only its timeout."""
+    import logging
+    from types import SimpleNamespace
+
+    from bson.timestamp import Timestamp
+
+    import tasks.migration as migration
+    from tests.helpers import make_config
+
+    class StuckRunner:  # a sync that never reaches the target (the destination is slow)
+        state = SimpleNamespace(applied_time=Timestamp(100, 1))
+
+        def wait(self, predicate: Any, timeout: float) -> bool:
+            time.sleep(timeout)
+            return False
+
+        def applied_through(self, target: Timestamp) -> bool:
+            return False
+
+    monkeypatch.setattr(migration, "DRAIN_REPORT_SECONDS", 0.1)
+    cfg = make_config("mongodb://a:1", "mongodb://b:1", "db", cutover={"drain_timeout_seconds": 0.35})
+    with caplog.at_level(logging.WARNING, logger="tasks.migration"):
+        drained = migration.Migration._drain(SimpleNamespace(cfg=cfg), StuckRunner(), Timestamp(130, 1))  # type: ignore[arg-type]
+    assert drained is False
+    waits = [r.getMessage() for r in caplog.records if "drain is still waiting" in r.getMessage()]
+    assert len(waits) >= 2 and "30 s of history left to apply" in waits[0], waits
