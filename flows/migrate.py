@@ -217,12 +217,14 @@ def form_description(m: Migration) -> str:
     """The pause form's text: the status as of now, what a cutover will do here, and what to choose."""
     d = describe(m.store, m.name)
     blocks, how = m.write_block_plan()
+    doc = m.store.load(m.name)
     plan = cutover_plan_markdown(
         blocks=blocks,
         how=how,
         drain_timeout=m.cfg.cutover.drain_timeout_seconds,
         final_verification=m.cfg.cutover.final_verification,
-        restores=m.store.load(m.name).index_restores,
+        restores=doc.index_restores,
+        destination_writes=doc.destination_writes,
     )
     return (
         status_markdown(d, _rules(m))
@@ -328,10 +330,16 @@ def _failure_outcome(m: Migration, exc: BaseException, config: str | dict[str, A
             if doc.write_blocked
             else "open for writes (livemigrate does not hold it blocked)"
         )
+        dest_blocked = (
+            " User writes there are **blocked** (destination_write_blocking) until the migration reaches"
+            " 'destination ready' or is cancelled."
+            if doc.destination_write_blocked
+            else ""
+        )
         state = (
             f"- **Phase:** {doc.phase.value}\n- **Source:** unchanged by livemigrate except its writes: {blocked}.\n"
             f"- **Destination:** holds a partial copy ({d['clone']['docs'] if d else '?'} documents copied); it must"
-            " not take application writes."
+            f" not take application writes.{dest_blocked}"
         )
     hint = _config_hint(config)
     markdown(

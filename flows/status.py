@@ -75,6 +75,16 @@ def latest_write(d: dict[str, Any], now: dt.datetime) -> str:
     return f"{human_seconds(age)} ago ({arriving}; cluster time {utc_text(dt.datetime.fromtimestamp(t, dt.UTC))})"
 
 
+def _destination_writes(state: str) -> str:
+    if state == "blocked":
+        return "blocked (setUserWriteBlockMode) until the destination is ready"
+    if state == "unblocked":
+        return "allowed again since the destination was ready"
+    if state.startswith("watched: "):
+        return f"not blocked ({state[9:]}); watched: one is reported as a difference"
+    return state
+
+
 def _lag_text(lag: float | None) -> str:
     return "not measured yet" if lag is None else f"{lag:g} s"
 
@@ -117,6 +127,9 @@ def status_rows(
         ("Cutover window", window(d)),
         ("Source -> destination", f"{d['source']} -> {d['destination']}"),
     ]
+    dest = d.get("destination_writes")
+    if dest:
+        rows.append(("Writes by others on the destination", _destination_writes(dest)))
     rows += verification_rows(d)
     if d.get("destination_ready_at"):
         rows.append(("Destination ready to accept writes", utc_text(d["destination_ready_at"])))
@@ -203,7 +216,13 @@ def verification_lines(d: dict[str, Any]) -> list[str]:
 
 
 def cutover_plan_markdown(
-    *, blocks: bool, how: str, drain_timeout: float, final_verification: str, restores: list[dict[str, Any]]
+    *,
+    blocks: bool,
+    how: str,
+    drain_timeout: float,
+    final_verification: str,
+    restores: list[dict[str, Any]],
+    destination_writes: str | None = None,
 ) -> str:
     """What an approved cutover will do on these clusters (the form states the risk before the click)."""
     uniq = [f"`{r['ns']}` {r['name']}" for r in restores if r.get("unique")]
@@ -237,4 +256,9 @@ def cutover_plan_markdown(
         )
     else:
         lines.append("5. **Afterwards** the source is left as it is: keep your application away from it.")
+    if destination_writes == "blocked":
+        lines.append(
+            "6. **Destination:** user writes there stay blocked until the destination is ready (after the final"
+            " checks and index changes), then they are allowed."
+        )
     return "\n".join(lines)

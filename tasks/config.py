@@ -195,6 +195,13 @@ class MigrationConfig(_Strict):
     namespaces: NamespaceRules = Field(default_factory=NamespaceRules)
     sharding: Sharding = Field(default_factory=Sharding)
     clear_destination: bool = False
+    destination_write_blocking: bool = Field(
+        default=False,
+        description="block user writes on the destination from the start of the migration until 'destination "
+        "ready' (setUserWriteBlockMode, as mongosync's enableUserWriteBlocking; the migration user needs "
+        "setUserWriteBlockMode and bypassWriteBlockingMode); where that cannot be done, the destination is "
+        "watched for writes by others instead",
+    )
     cutover: Cutover = Field(default_factory=Cutover)
     verification: Verification = Field(default_factory=Verification)
     tuning: Tuning = Field(default_factory=Tuning)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -123,6 +124,7 @@ def judge_decision(
     return Verdict("accepted")
 
 
+USER_WRITES_BLOCKED = 371  # MongoDB error code: a user write refused by setUserWriteBlockMode
 DRAIN_REPORT_SECONDS = 10.0  # a drain that waits says so (a WARNING in the run's log) this often
 
 VerifyFn = Callable[[MigrationDoc], dict[str, Any]]
@@ -160,6 +162,8 @@ class Migration:
         self._full_verification = False  # the approved cutover asked for a full verification
         self._status_at = 0.0
         self._write_plan: tuple[bool, str] | None = None
+        self._watch_dest = False  # destination_write_blocking could not block: watch the destination instead
+        self.destination_watch: DestinationWatch | None = None
         self.last_estimate: dict[str, Any] | None = None  # the downtime estimate last published
         self.last_status: dict[str, Any] | None = None  # the background verification's status last published
 
@@ -167,6 +171,8 @@ class Migration:
         self._verifying = False  # a last sync tick must not start the verification again
         if self.runner is not None:
             self.runner.stop()
+        if self.destination_watch is not None:
+            self.destination_watch.stop()
         if self.verifier is not None:
             self.verifier.close()
         if self._heartbeat is not None:
@@ -237,9 +243,103 @@ class Migration:
                 raise TerminalError(
                     f"cannot stop the source balancer: {exc.details.get('errmsg') if exc.details else exc}"
                 ) from None
+        if self.cfg.destination_write_blocking:
+            doc = self._keep_destination_clean(doc)
         if doc.phase == Phase.CREATED:
             doc = self.store.set_phase(self.name, Phase.CLONING)
         return doc
+
+    # -- a clean destination ------------------------------------------------------------
+    def _keep_destination_clean(self, doc: MigrationDoc) -> MigrationDoc:
+        """destination_write_blocking: block user writes on the destination until "destination ready".
+
+        MongoDB 6.0+ (manual, "setUserWriteBlockMode"): a client with ``bypassWriteBlockingMode`` (the
+        migration user) still writes; everyone else gets UserWritesBlocked (371).  With access control
+        off every client bypasses the block (server: AuthorizationSessionImpl, mayBypassWriteBlockingMode
+        is true without auth), so blocking would protect nothing; there, and where the user lacks the
+        privileges or the server lacks the command, the destination is watched instead (see
+        :class:`DestinationWatch`).  The block is recorded before it is sent, as for the source.
+        """
+        possible, why = self._destination_block_possible()
+        if not possible:
+            return self._watch_destination(doc, why)
+        self.store.update(self.name, destination_write_blocked=True)
+        try:
+            self.dst.admin.command({"setUserWriteBlockMode": 1, "global": True})
+        except OperationFailure as exc:
+            self.store.update(self.name, destination_write_blocked=False)
+            return self._watch_destination(doc, f"the destination refused setUserWriteBlockMode (code {exc.code})")
+        try:
+            doc = self.store.update(self.name, destination_writes="blocked")  # our own write, through the block
+        except OperationFailure as exc:
+            if exc.code != USER_WRITES_BLOCKED:
+                raise
+            self.dst.admin.command({"setUserWriteBlockMode": 1, "global": False})
+            self.store.update(self.name, destination_write_blocked=False)
+            raise TerminalError(
+                "the destination's write block stops the migration's own writes (UserWritesBlocked)",
+                remedy="grant the migration user bypassWriteBlockingMode on the destination's cluster resource, "
+                "or set destination_write_blocking: false",
+            ) from None
+        log.info("user writes on the destination are blocked until the destination is ready")
+        return doc
+
+    def _destination_block_possible(self) -> tuple[bool, str]:
+        """Whether a write block on the destination would hold others off and let this migration write.
+
+        From ``connectionStatus {showPrivileges: true}`` (MongoDB manual, "connectionStatus":
+        ``authInfo.authenticatedUsers`` and ``authenticatedUserPrivileges`` [{resource, actions}]).
+        """
+        try:
+            status = self.dst.admin.command({"connectionStatus": 1, "showPrivileges": True})
+        except PyMongoError as exc:
+            return False, f"connectionStatus failed on the destination ({type(exc).__name__})"
+        info = status.get("authInfo") or {}
+        if not info.get("authenticatedUsers"):
+            return False, "access control is off on the destination, so every client would bypass a write block"
+        actions: set[str] = set()
+        for p in info.get("authenticatedUserPrivileges") or []:
+            resource = p.get("resource") or {}
+            if resource.get("cluster") or resource.get("anyResource"):
+                actions |= set(p.get("actions") or [])
+        if "anyAction" in actions:
+            return True, ""
+        missing = [a for a in ("setUserWriteBlockMode", "bypassWriteBlockingMode") if a not in actions]
+        if missing:
+            return False, f"the migration user lacks {' and '.join(missing)} on the destination's cluster resource"
+        return True, ""
+
+    def _watch_destination(self, doc: MigrationDoc, why: str) -> MigrationDoc:
+        msg = (
+            f"destination writes are not blocked ({why}): livemigrate watches the migrated namespaces on the "
+            "destination instead, and a write by anything other than the sync is reported as a difference"
+        )
+        if doc.destination_writes != f"watched: {why}":
+            log.warning(msg)
+            self.store.push(self.name, "warnings", msg)
+        self._watch_dest = True
+        return self.store.update(self.name, destination_writes=f"watched: {why}")
+
+    def _unblock_destination(self, doc: MigrationDoc) -> None:
+        """At "destination ready" (or a cancel, or the window's end): the application may write there."""
+        if not doc.destination_write_blocked:
+            return
+        try:
+            self.store.check_fence(self.name)
+        except LockHeldError:
+            log.warning("not unblocking the destination's writes: another process drives this migration now")
+            return
+        try:
+            self.dst.admin.command({"setUserWriteBlockMode": 1, "global": False})
+            self.store.update(self.name, destination_write_blocked=False, destination_writes="unblocked")
+            log.info("user writes on the destination are unblocked")
+        except PyMongoError as exc:
+            msg = (
+                f"could not unblock writes on the destination ({type(exc).__name__}): run "
+                "db.adminCommand({setUserWriteBlockMode: 1, global: false}) on it"
+            )
+            self.store.push(self.name, "warnings", msg)
+            log.error(msg)
 
     def _lock_lost(self, why: str) -> None:
         """Called from the heartbeat thread: the lock is not provably ours any more; stop writing at once."""
@@ -297,6 +397,14 @@ class Migration:
                 self.timeline.sync_sample(state)
                 if state.ready and self.verifier is not None and self._verifying and not self.verifier.running():
                     self.verifier.start()  # the clone is done and the sync has caught up
+                    if self._watch_dest and self.destination_watch is None:
+                        self.destination_watch = DestinationWatch(
+                            self.dst,
+                            NamespaceFilter.from_rules(self.cfg.namespaces),
+                            self.verifier.dirty,
+                            self.cfg.metadata_db,
+                        )
+                        self.destination_watch.start()
                 if state.ready and self._verifying:
                     try:
                         self._publish_verification()  # the downtime estimate stays fresh for the form and describe
@@ -513,6 +621,7 @@ class Migration:
             Decision(action="cancel", approver=approver, reason=reason, lag_seconds=doc.lag.lag_seconds)
         )
         warnings: list[str] = []
+        self._unblock_destination(doc)
         self._wind_down(doc, warnings)
         self._unblock_writes(doc)
         return self.store.set_phase(self.name, Phase.CANCELLED, completed_at=utcnow())
@@ -522,6 +631,7 @@ class Migration:
         if doc.phase in TERMINAL:
             return doc
         warnings: list[str] = []
+        self._unblock_destination(doc)
         self._wind_down(doc, warnings)
         return self.store.set_phase(
             self.name,
@@ -668,6 +778,9 @@ class Migration:
                 )
             self._restore_indexes(doc.index_restores)
             clock.lap("index_restores")
+            if self.destination_watch is not None:
+                self.destination_watch.stop()  # from here the application writes there
+            self._unblock_destination(self.store.load(self.name))
             result.destination_ready_at = utcnow()
             clock.lap("finalize")
             result.downtime = clock.record(
@@ -833,6 +946,51 @@ class Migration:
                     result.warnings.append(msg)
                     warned = True
                 last, still_since = now, time.monotonic()
+
+
+class DestinationWatch:
+    """Where the destination's writes cannot be blocked: every write there in the migrated namespaces is
+    handed to the continuous verification's dirty set, so it is re-read on both sides within
+    ``verification.interval_seconds``; a write by anything other than the sync then differs with no
+    change in flight and is reported (describe, the differences artifact and event) and the cutover is
+    refused.  The sync's own writes come back here too: they are only re-read once more.  Writes made
+    before the watch starts are found by the background verification's first full pass, which starts
+    with it.
+    """
+
+    def __init__(self, dst: MongoClient[Any], nsfilter: NamespaceFilter, dirty: Any, metadata_db: str) -> None:
+        self.dst, self.nsfilter, self.dirty, self.metadata_db = dst, nsfilter, dirty, metadata_db
+        self.events = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="destination-watch", daemon=True)
+
+    def start(self) -> None:
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        pipeline = [{"$match": {"ns.db": {"$ne": self.metadata_db}, "documentKey": {"$exists": True}}}]
+        resume: Any = None
+        while not self._stop.is_set():
+            try:
+                with self.dst.watch(pipeline, resume_after=resume, max_await_time_ms=500) as stream:
+                    while not self._stop.is_set():
+                        event = stream.try_next()
+                        if event is None:
+                            continue
+                        resume = stream.resume_token
+                        ns = event.get("ns") or {}
+                        if self.nsfilter.matches(str(ns.get("db", "")), str(ns.get("coll", ""))):
+                            self.events += 1
+                            self.dirty.touched(f"{ns['db']}.{ns['coll']}", [event["documentKey"]])
+            except PyMongoError as exc:
+                log.warning("watching the destination for foreign writes: %s; retrying", type(exc).__name__)
+                self._stop.wait(2)
 
 
 class _Stopwatch:

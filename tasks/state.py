@@ -121,6 +121,8 @@ class MigrationDoc(_Record):
     history: list[dict[str, Any]] = Field(default_factory=list)
     pending_decision: dict[str, Any] | None = None  # a CLI request the flow has not consumed yet
     write_blocked: bool = False
+    destination_write_blocked: bool = False  # user writes blocked on the destination (destination_write_blocking)
+    destination_writes: str | None = None  # how the destination is kept clean: "blocked" or "watched: <why>"
     fcv: dict[str, str | None] = Field(default_factory=dict)  # featureCompatibilityVersion of each side at begin
     fence: int = 0  # epoch of the destination lock held by the process that drives it (tasks/metadata.py)
     continuous_verification: dict[str, Any] | None = None  # the background verification's status (checks/continuous.py)

@@ -140,3 +140,21 @@ def test_a_drain_that_waits_says_so_as_a_warning(
     assert drained is False
     waits = [r.getMessage() for r in caplog.records if "drain is still waiting" in r.getMessage()]
     assert len(waits) >= 2 and "30 s of history left to apply" in waits[0], waits
+
+
+def test_the_destination_write_state_is_shown_and_planned() -> None:
+    text = status_markdown(described(destination_writes="blocked"), RULES, NOW)
+    assert (
+        "Writes by others on the destination:** blocked (setUserWriteBlockMode) until the destination is ready" in text
+    )
+    watched = status_markdown(described(destination_writes="watched: access control is off"), RULES, NOW)
+    assert "not blocked (access control is off); watched" in watched
+    plan = cutover_plan_markdown(
+        blocks=False,
+        how="watched",
+        drain_timeout=60,
+        final_verification="incremental",
+        restores=[],
+        destination_writes="blocked",
+    )
+    assert "6. **Destination:** user writes there stay blocked until the destination is ready" in plan
