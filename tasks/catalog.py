@@ -8,14 +8,18 @@ collection's options and index specifications.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import MongoClient
 
 from tasks.namespaces import Namespace, NamespaceFilter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Index spec fields that describe the server's bookkeeping, not the index.
 INDEX_NOISE = frozenset({"v", "ns", "background", "ok"})
@@ -58,9 +62,13 @@ def comparable_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_specs(
-    client: MongoClient[Any], nsfilter: NamespaceFilter, *, with_indexes: bool = True
+    client: MongoClient[Any], nsfilter: NamespaceFilter, *, with_indexes: bool = True, workers: int = 1
 ) -> tuple[list[CollectionSpec], list[Unsupported]]:
-    """Every in-scope namespace (views last, so their sources exist first) and the unsupported ones."""
+    """Every in-scope namespace (views last, so their sources exist first) and the unsupported ones.
+
+    One ``listCollections`` per database; with ``with_indexes`` one ``listIndexes`` per collection (no
+    command lists several collections' indexes), on ``workers`` threads.
+    """
     specs: list[CollectionSpec] = []
     unsupported: list[Unsupported] = []
     for db in sorted(client.list_database_names()):
@@ -79,12 +87,37 @@ def list_specs(
             if reason:
                 unsupported.append(Unsupported(ns.full, reason, "warn"))
                 continue
-            spec = CollectionSpec(ns, "view" if kind == "view" else kind, options)
-            if with_indexes and kind != "view":
-                spec.indexes = [comparable_index(dict(i)) for i in client[db][name].list_indexes()]
-            specs.append(spec)
+            specs.append(CollectionSpec(ns, "view" if kind == "view" else kind, options))
+    if with_indexes:
+        colls = [s for s in specs if not s.is_view]
+        listed = for_each(lambda s: list(client[s.ns.db][s.ns.coll].list_indexes()), colls, workers, "list-indexes")
+        for spec, indexes in zip(colls, listed, strict=True):
+            spec.indexes = [comparable_index(dict(i)) for i in indexes]
     specs.sort(key=lambda s: (s.is_view, s.ns.db, s.ns.coll))
     return specs, unsupported
+
+
+def existing_namespaces(client: MongoClient[Any], dbs: Iterable[str]) -> set[str]:
+    """``db.coll`` of every collection and view in these databases: one ``listCollections`` per database."""
+    return {f"{db}.{name}" for db in sorted(set(dbs)) for name in client[db].list_collection_names()}
+
+
+def for_each(fn: Callable[[T], R], items: Sequence[T], workers: int, name: str) -> list[R]:
+    """``fn`` of every item, on up to ``workers`` threads, results in the items' order; the first error is raised.
+
+    Why: per-namespace reads and DDL (counts, index listings, index builds) are each a round trip; with
+    thousands of namespaces, waiting for them one after another is most of the time on a remote server.
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix=name) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()  # the first error stops what has not started
+            raise
 
 
 def collection_spec(client: MongoClient[Any], ns: Namespace) -> CollectionSpec | None:

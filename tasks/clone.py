@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from pymongo import MongoClient
 from pymongo.errors import BulkWriteError, OperationFailure
 
 from tasks import shutdown
-from tasks.catalog import CollectionSpec, Unsupported, estimated_docs, list_specs
+from tasks.catalog import CollectionSpec, Unsupported, estimated_docs, existing_namespaces, for_each, list_specs
 from tasks.concurrency import WriteGate
 from tasks.config import MigrationConfig
 from tasks.ddl import IndexChange, book_changes, build_indexes, create_collection, create_views
@@ -85,11 +86,12 @@ class Cloner:
         doc = self.store.load(self.name)
         if doc.prepared:
             return [Unsupported(**u) for u in doc.unsupported]
-        specs, unsupported = list_specs(self.src, self.nsfilter)
+        specs, unsupported = list_specs(self.src, self.nsfilter, with_indexes=False)  # indexes: finish()
         collections = [s for s in specs if not s.is_view]
         wanted = [s.ns.full for s in specs]
         ours = set(doc.clone_namespaces)
-        existing = [ns for ns in wanted if ns not in ours and self._exists_on_dest(Namespace.parse(ns))]
+        on_dest = existing_namespaces(self.dst, {s.ns.db for s in specs if s.ns.full not in ours})
+        existing = [ns for ns in wanted if ns not in ours and ns in on_dest]
         dropped: list[str] = list(doc.dropped_on_destination)
         if existing:
             if not self.cfg.clear_destination:
@@ -112,17 +114,15 @@ class Cloner:
         for ns in ours:  # a previous prepare of ours was interrupted: start those over
             n = Namespace.parse(ns)
             self.dst[n.db].drop_collection(n.coll)
-            self.store.partitions.delete_many({"migration": self.name, "ns": ns})
-        changes = [c for spec in collections for c in create_collection(self.dst, spec)]
+        self.store.forget_plans(self.name, sorted(ours))
+        workers = self.cfg.tuning.workers
+        made = for_each(lambda spec: create_collection(self.dst, spec), collections, workers, "clone-create")
+        changes = [c for cs in made for c in cs]
         self._shard_destination(collections)
-        for spec in collections:
-            self._plan(spec)
+        self._plan(collections)
         restores = book_changes(self.store.load(self.name).index_restores, changes)  # parked collection TTLs
         self.store.update(self.name, prepared=True, clone_started_at=utcnow(), index_restores=restores)
         return unsupported
-
-    def _exists_on_dest(self, ns: Namespace) -> bool:
-        return bool(self.dst[ns.db].list_collection_names(filter={"name": ns.coll}))
 
     def _shard_destination(self, specs: list[CollectionSpec]) -> None:
         """Replica set -> sharded: shard each configured collection before any data arrives."""
@@ -133,9 +133,19 @@ class Cloner:
             raise TerminalError("sharding entries are configured but the destination is not a sharded cluster (mongos)")
         shard_collection(self.dst, entries, self.cfg.sharding.createSupportingIndexes)
 
-    def _plan(self, spec: CollectionSpec) -> None:
-        if self.store.has_plan(self.name, spec.ns.full):
-            return
+    def _plan(self, specs: list[CollectionSpec]) -> None:
+        """Plan every collection not planned yet and store all their partitions at once.
+
+        The reads per collection (a count; for a large one an ``explain`` and a ``$sample``) run on
+        ``tuning.workers`` threads: each is a round trip, and thousands of small collections would
+        otherwise wait for them one after another.
+        """
+        planned = self.store.planned_namespaces(self.name)
+        todo = [s for s in specs if s.ns.full not in planned]
+        plans = for_each(self._plan_one, todo, self.cfg.tuning.workers, "clone-plan")
+        self.store.add_partitions([p for parts in plans for p in parts])
+
+    def _plan_one(self, spec: CollectionSpec) -> list[Partition]:
         coll = self.src[spec.ns.db][spec.ns.coll]
         est_docs = estimated_docs(self.src, spec.ns)
         capped = bool(spec.options.get("capped"))
@@ -146,7 +156,7 @@ class Cloner:
                 coll, self.cfg.tuning.partition_docs, total=est_docs or None, mode=self.cfg.tuning.partitioning
             )
         per = max(1, est_docs // max(1, len(ranges)))
-        parts = [
+        return [
             Partition(
                 _id=f"{self.name}|{spec.ns.full}|{i:06d}",
                 migration=self.name,
@@ -157,7 +167,6 @@ class Cloner:
             )
             for i, r in enumerate(ranges)
         ]
-        self.store.add_partitions(parts)
 
     # -- copying ------------------------------------------------------------
     def run(self, workers: int | None = None) -> CloneStats:
@@ -175,31 +184,75 @@ class Cloner:
         return self.stats
 
     def _worker_loop(self, errors: list[BaseException]) -> None:
-        while not self.stop_event.is_set() and not shutdown.requested() and not errors:
-            part = self.store.claim_partition(self.name, self.owner, LEASE_SECONDS)
-            if part is None:
+        """Claim partitions (small ones several at a time), copy them, record them done together.
+
+        A claim of several small partitions is about one partition's worth of documents
+        (``tuning.partition_docs``); they are recorded done in one write once all are copied (a crash
+        before it leaves them processing: a later claim takes them over and copies them again, which is
+        idempotent).  A claimed partition not started by half its lease is given back unstarted, so no
+        partition is copied on a lease that may have run out.
+        """
+        while not self._stopping(errors):
+            parts = self.store.claim_partitions(self.name, self.owner, LEASE_SECONDS, self.cfg.tuning.partition_docs)
+            if not parts:
                 return
+            claimed = time.monotonic()
+            done: list[tuple[str, int, int]] = []
             try:
-                self.copy_partition(part)
-            except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
-                if not isinstance(exc, DocumentRejectedError):
-                    self.store.release_partition(part.id, self.owner)  # another worker redoes it
-                self.stop_event.set()
-                errors.append(exc)
-                return
+                for i, part in enumerate(parts):
+                    late = i > 0 and time.monotonic() - claimed > LEASE_SECONDS / 2  # the first goes at once
+                    if self._stopping(errors) or late:
+                        self.store.release_partitions([p.id for p in parts[i:]], self.owner)
+                        break
+                    try:
+                        docs, nbytes = self._copy_counted(part)
+                    except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+                        rest = [p.id for p in parts[i + 1 :]]
+                        if not isinstance(exc, DocumentRejectedError):
+                            rest.insert(0, part.id)  # another worker redoes it
+                        self.store.release_partitions(rest, self.owner)
+                        self.stop_event.set()
+                        errors.append(exc)
+                        return
+                    done.append((part.id, docs, nbytes))
+            finally:
+                self._record_done(done, errors)
+
+    def _record_done(self, done: list[tuple[str, int, int]], errors: list[BaseException]) -> None:
+        """Mark copied partitions done (retried like a copy); if that fails, they stay claimed and are redone."""
+        tuning = self.cfg.tuning
+
+        def record(_attempt: int) -> None:
+            self.store.finish_partitions(self.owner, done)
+
+        try:
+            retry_transient("clone: recording partitions done", record, tuning.retry_attempts, tuning.retry_max_seconds)
+        except BaseException as exc:  # noqa: BLE001 - handed to run(), which raises it
+            self.stop_event.set()
+            errors.append(exc)
+
+    def _stopping(self, errors: list[BaseException]) -> bool:
+        return self.stop_event.is_set() or shutdown.requested() or bool(errors)
 
     def copy_partition(self, part: Partition) -> None:
-        """Copy one partition, retrying transient errors; redoing it is idempotent."""
+        """Copy one partition, retrying transient errors, and record it done; redoing it is idempotent."""
+        docs, nbytes = self._copy_counted(part)
+        self.store.finish_partition(part.id, self.owner, docs, nbytes)
 
-        def attempt_copy(attempt: int) -> None:
-            docs, nbytes = self._copy_or_restart(part, clear_first=part.attempts > 1 or attempt > 0)
-            self.store.finish_partition(part.id, self.owner, docs, nbytes)
-            with self._lock:
-                self.stats.docs += docs
-                self.stats.bytes += nbytes
-                self.stats.partitions += 1
+    def _copy_counted(self, part: Partition) -> tuple[int, int]:
+        """Copy one partition, retrying transient errors; its documents and bytes, added to the stats."""
 
-        retry_transient(part.ns, attempt_copy, self.cfg.tuning.retry_attempts, self.cfg.tuning.retry_max_seconds)
+        def attempt_copy(attempt: int) -> tuple[int, int]:
+            return self._copy_or_restart(part, clear_first=part.attempts > 1 or attempt > 0)
+
+        docs, nbytes = retry_transient(
+            part.ns, attempt_copy, self.cfg.tuning.retry_attempts, self.cfg.tuning.retry_max_seconds
+        )
+        with self._lock:
+            self.stats.docs += docs
+            self.stats.bytes += nbytes
+            self.stats.partitions += 1
+        return docs, nbytes
 
     def _copy_or_restart(self, part: Partition, *, clear_first: bool) -> tuple[int, int]:
         """One copy attempt; a capped collection that overwrote what the cursor stood on is copied again.
@@ -311,15 +364,17 @@ class Cloner:
         first: building its indexes would otherwise create it implicitly, without them (its ``create``
         event comes later and finds it there).
         """
-        specs, _ = list_specs(self.src, self.nsfilter)
+        workers = self.cfg.tuning.workers
+        specs, _ = list_specs(self.src, self.nsfilter, workers=workers)
         prepared = set(self.store.load(self.name).clone_namespaces)
-        changes: list[IndexChange] = []
-        for spec in specs:
-            if spec.is_view:
-                continue
-            if spec.ns.full not in prepared:
-                changes.extend(create_collection(self.dst, spec))
-            changes.extend(build_indexes(self.dst, spec.ns, spec.indexes))
+
+        def build(spec: CollectionSpec) -> list[IndexChange]:
+            made = create_collection(self.dst, spec) if spec.ns.full not in prepared else []
+            return made + build_indexes(self.dst, spec.ns, spec.indexes)
+
+        # One createIndexes per collection (all its indexes), collections on tuning.workers threads.
+        built = for_each(build, [s for s in specs if not s.is_view], workers, "clone-indexes")
+        changes = [c for made in built for c in made]
         create_views(self.dst, [s for s in specs if s.is_view])
         restores = book_changes(self.store.load(self.name).index_restores, changes)
         self.store.update(

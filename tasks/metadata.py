@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pymongo
-from pymongo import MongoClient, ReturnDocument
+from pymongo import MongoClient, ReturnDocument, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 from pymongo.read_concern import ReadConcern
@@ -41,6 +41,8 @@ from tasks.state import (
 log = logging.getLogger(__name__)
 
 LOCK_ID = "destination"
+PLAN_CHUNK = 1000  # namespaces per delete of plan records
+CLAIM_LIMIT = 100  # partitions one claim may take at most
 
 
 def _machine() -> str:
@@ -309,24 +311,35 @@ class MetadataStore:
 
     # -- partitions -------------------------------------------------------
     def add_partitions(self, parts: list[Partition]) -> None:
+        """Store plan records, all in one ``insert_many`` (the driver splits it at the server's batch limits)."""
         if parts:
             self.ensure_indexes()
             self.partitions.insert_many([p.to_mongo() for p in parts], ordered=False)
 
-    def has_plan(self, name: str, ns: str | None = None) -> bool:
-        q: dict[str, Any] = {"migration": name}
-        if ns:
-            q["ns"] = ns
-        return self.partitions.find_one(q, {"_id": 1}) is not None
+    def planned_namespaces(self, name: str) -> set[str]:
+        """Every namespace the migration has plan records for, in one query (not one per namespace).
+
+        An aggregation, not ``distinct``: its answer is a cursor, so tens of thousands of names never meet
+        the 16 MB reply limit.
+        """
+        pipeline: list[dict[str, Any]] = [{"$match": {"migration": name}}, {"$group": {"_id": "$ns"}}]
+        return {str(row["_id"]) for row in self.partitions.aggregate(pipeline)}
+
+    def forget_plans(self, name: str, namespaces: list[str]) -> None:
+        """Delete the plan records of these namespaces (a prepare starting them over), in chunks of names."""
+        for i in range(0, len(namespaces), PLAN_CHUNK):
+            self.partitions.delete_many({"migration": name, "ns": {"$in": namespaces[i : i + PLAN_CHUNK]}})
+
+    def _claim_update(self, owner: str, lease_s: float, token: str) -> dict[str, Any]:
+        lease = utcnow() + dt.timedelta(seconds=lease_s)
+        return {
+            "$set": {"status": PartitionStatus.PROCESSING.value, "owner": owner, "lease_until": lease, "claim": token},
+            "$inc": {"attempts": 1},
+        }
 
     def claim_partition(self, name: str, owner: str, lease_s: float) -> Partition | None:
         """Atomically take the next partition to copy: a new one, or one whose worker died."""
-        now = utcnow()
-        lease = now + dt.timedelta(seconds=lease_s)
-        update = {
-            "$set": {"status": PartitionStatus.PROCESSING.value, "owner": owner, "lease_until": lease},
-            "$inc": {"attempts": 1},
-        }
+        update = self._claim_update(owner, lease_s, uuid.uuid4().hex)
         raw = self.partitions.find_one_and_update(
             {"migration": name, "status": PartitionStatus.ADDED.value},
             update,
@@ -334,21 +347,64 @@ class MetadataStore:
             return_document=ReturnDocument.AFTER,
         )
         if raw is None:
-            # Reclaim partitions of dead or expired workers.
-            for cand in self.partitions.find({"migration": name, "status": PartitionStatus.PROCESSING.value}):
-                if cand.get("owner") == owner:
-                    continue
-                expired = cand.get("lease_until") is not None and cand["lease_until"].replace(tzinfo=dt.UTC) < now
-                if expired or owner_is_dead(cand.get("owner")):
-                    raw = self.partitions.find_one_and_update(
-                        {"_id": cand["_id"], "owner": cand.get("owner"), "status": PartitionStatus.PROCESSING.value},
-                        update,
-                        return_document=ReturnDocument.AFTER,
-                    )
-                    if raw is not None:
-                        log.info("reclaimed partition %s from %s", cand["_id"], cand.get("owner"))
-                        break
-        return Partition.model_validate(raw) if raw else None
+            return self._reclaim(name, owner, update)
+        return Partition.model_validate(raw)
+
+    def claim_partitions(
+        self, name: str, owner: str, lease_s: float, max_docs: int, limit: int = CLAIM_LIMIT
+    ) -> list[Partition]:
+        """Take the next partitions to copy, in plan order, together about ``max_docs`` estimated documents.
+
+        Why: a claim per partition is a round trip per namespace (and on a server that scans for the next
+        one, a read of the whole plan), which thousands of small collections pay thousands of times.  The
+        first partition is always taken, whatever its size, and the next ones while their estimated
+        documents fit in ``max_docs`` (at most ``limit``): a large collection's partitions are still taken
+        one at a time, so workers share it.  Each partition moves added -> processing on its own in the
+        update (its filter says ``status: added``), so no two claimants ever share one; the claim token
+        tells this claim's partitions from those of the process's other threads (they share the owner).
+        With no new partition left, one of a dead or expired worker is taken over, as
+        :meth:`claim_partition` does.
+        """
+        added = {"migration": name, "status": PartitionStatus.ADDED.value}
+        while True:
+            found = self.partitions.find(added, {"_id": 1, "est_docs": 1}, sort=[("ns", 1), ("seq", 1)], limit=limit)
+            ids: list[str] = []
+            total = 0
+            for cand in found:
+                est = int(cand.get("est_docs") or 0)
+                if ids and total + est > max_docs:
+                    break
+                ids.append(cand["_id"])
+                total += est
+            token = uuid.uuid4().hex
+            update = self._claim_update(owner, lease_s, token)
+            if not ids:
+                taken = self._reclaim(name, owner, update)
+                return [taken] if taken is not None else []
+            self.partitions.update_many({"_id": {"$in": ids}, "status": PartitionStatus.ADDED.value}, update)
+            mine = {"_id": {"$in": ids}, "claim": token, "owner": owner, "status": PartitionStatus.PROCESSING.value}
+            got = {raw["_id"]: Partition.model_validate(raw) for raw in self.partitions.find(mine)}
+            if got:
+                return [got[i] for i in ids if i in got]
+            # Another claimant took all of them between the read and the update: look again.
+
+    def _reclaim(self, name: str, owner: str, update: dict[str, Any]) -> Partition | None:
+        """Take over one partition of a dead worker, or one whose lease expired; None if there is none."""
+        now = utcnow()
+        for cand in self.partitions.find({"migration": name, "status": PartitionStatus.PROCESSING.value}):
+            if cand.get("owner") == owner:
+                continue
+            expired = cand.get("lease_until") is not None and cand["lease_until"].replace(tzinfo=dt.UTC) < now
+            if expired or owner_is_dead(cand.get("owner")):
+                raw = self.partitions.find_one_and_update(
+                    {"_id": cand["_id"], "owner": cand.get("owner"), "status": PartitionStatus.PROCESSING.value},
+                    update,
+                    return_document=ReturnDocument.AFTER,
+                )
+                if raw is not None:
+                    log.info("reclaimed partition %s from %s", cand["_id"], cand.get("owner"))
+                    return Partition.model_validate(raw)
+        return None
 
     def partition_progress(self, pid: str, owner: str, docs: int, nbytes: int, lease_s: float) -> None:
         self.partitions.update_one(
@@ -357,17 +413,35 @@ class MetadataStore:
         )
 
     def finish_partition(self, pid: str, owner: str, docs: int, nbytes: int) -> None:
-        self.partitions.update_one(
-            {"_id": pid, "owner": owner},
-            {"$set": {"status": PartitionStatus.DONE.value, "docs": docs, "bytes": nbytes, "finished_at": utcnow()}},
+        self.finish_partitions(owner, [(pid, docs, nbytes)])
+
+    def finish_partitions(self, owner: str, done: list[tuple[str, int, int]]) -> None:
+        """Mark copied partitions done, each with its documents and bytes: one round trip for all of them."""
+        if not done:
+            return
+        now = utcnow()
+        self.partitions.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": pid, "owner": owner},
+                    {"$set": {"status": PartitionStatus.DONE.value, "docs": docs, "bytes": nbytes, "finished_at": now}},
+                )
+                for pid, docs, nbytes in done
+            ],
+            ordered=False,
         )
 
     def release_partition(self, pid: str, owner: str) -> None:
         """Give a partition back (clean stop): another worker redoes it."""
-        self.partitions.update_one(
-            {"_id": pid, "owner": owner, "status": PartitionStatus.PROCESSING.value},
-            {"$set": {"status": PartitionStatus.ADDED.value, "owner": None, "lease_until": None}},
-        )
+        self.release_partitions([pid], owner)
+
+    def release_partitions(self, pids: list[str], owner: str) -> None:
+        """Give partitions back (a clean stop, or claimed ones not started in time): another claim takes them."""
+        if pids:
+            self.partitions.update_many(
+                {"_id": {"$in": pids}, "owner": owner, "status": PartitionStatus.PROCESSING.value},
+                {"$set": {"status": PartitionStatus.ADDED.value, "owner": None, "lease_until": None}},
+            )
 
     def clone_summary(self, name: str) -> dict[str, dict[str, int]]:
         """Per namespace: partitions total/done, docs and bytes copied, estimated docs."""
