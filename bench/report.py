@@ -38,6 +38,7 @@ TARGETS = (
     Target("downtime_10x_data", "cutover downtime at 10x the data vs 1x (same writer rate)", 1.2, False),
     Target("sync_with_verification", "sync events applied with the background verification on vs off", 0.9, True),
     Target("sync_lag_with_verification", "sync p99 lag with the background verification on vs off", 1.1, False),
+    Target("namespaces_vs_hand", "many small collections: engine time to the sync vs a hand-written copy", 2.0, False),
 )
 
 
@@ -61,6 +62,8 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         if cost := d.get("sync_cost"):
             out["sync_with_verification"] = cost["events_per_s_ratio_on_to_off"]
             out["sync_lag_with_verification"] = ratio(cost["lag_p99_s"]["on"], cost["lag_p99_s"]["off"])
+    if n := results.get("namespaces"):
+        out["namespaces_vs_hand"] = n["ratio_engine_to_hand"]
     return out
 
 
@@ -132,7 +135,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(_row(t["what"], t["value"], f"{op} {t['bound']}", "yes" if t["met"] else "**no**"))
     lines += _clone(r.get("clone")) + _sync(r.get("sync")) + _verify(r.get("verify"))
     lines += _memory(r.get("memory")) + _flow(r.get("orchestration")) + _profile(r.get("profile"))
-    lines += _downtime(r.get("downtime"))
+    lines += _downtime(r.get("downtime")) + _namespaces(r.get("namespaces"))
     lines += _closing(r)
     if NOTES.exists():
         lines += ["", NOTES.read_text().rstrip()]
@@ -251,6 +254,62 @@ def _downtime(d: dict[str, Any] | None) -> list[str]:
             f"lag p99 {c['lag_p99_s']['off']} s vs {c['lag_p99_s']['on']} s, achieved writer rate "
             f"{c['off']['achieved_ops_per_s']} vs {c['on']['achieved_ops_per_s']} ops/s.",
         ]
+    return lines
+
+
+def _namespaces(n: dict[str, Any] | None) -> list[str]:
+    if not n:
+        return []
+    lines = [
+        "",
+        "## Cost per namespace (issue 20)",
+        "",
+        f"Many small collections ({n['per_db']} per database, {n['docs_per_namespace']} documents and one secondary "
+        "index each) copied to a clean destination in two ways. *Hand-written*: pymongo, one namespace after "
+        "another (listCollections, find -> insert_many, create, listIndexes -> createIndexes). *Engine*: the path "
+        "from `livemigrate migrate` to the sync: prechecks, `Migration.begin`, `Migration.clone` (the Prefect "
+        "temporary server and flow are not in it; the orchestration stage measures them). Each size is seeded "
+        f"once, then copied {n['runs'][0]['rounds']} time(s) each way, alternately, on an emptied destination; "
+        "medians.",
+        "",
+        _row(
+            "namespaces",
+            "databases",
+            "hand-written s",
+            "ms each",
+            "engine s",
+            "ms each",
+            "engine / hand",
+            "engine parts s",
+        ),
+        _row(*["---"] * 8),
+    ]
+    for x in n["runs"]:
+        lines.append(
+            _row(
+                f"{x['namespaces']:,}",
+                x["databases"],
+                x["hand_seconds"],
+                x["hand_ms_per_namespace"],
+                x["engine_seconds"],
+                x["engine_ms_per_namespace"],
+                x["ratio_engine_to_hand"],
+                ", ".join(f"{k} {v}" for k, v in x["engine_parts"].items()),
+            )
+        )
+    m = n["marginal_ms_per_namespace"]
+    large = max(n["runs"], key=lambda x: x["namespaces"])
+    lines += [
+        "",
+        f"One more namespace costs **{m['engine']} ms** in the engine and {m['hand']} ms by hand (the difference "
+        "between the two sizes, per namespace: fixed costs such as opening the change stream's start point drop out). "
+        f"Commands the engine sent during begin and clone at {large['namespaces']:,} namespaces, by time waited "
+        "(summed over threads): "
+        + ", ".join(f"{c['command']} {c['count']} ({c['seconds']} s)" for c in large["engine_commands"])
+        + ".",
+    ]
+    if top := large.get("profile_top_self_time"):
+        lines += ["", "The engine path profiled (main thread, top functions by own time):", "", "```", *top, "```"]
     return lines
 
 

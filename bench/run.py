@@ -2,7 +2,7 @@
 
 usage: python -m bench.run [--size full|smoke] [--out DIR] [--only STAGE,...]
 
-Stages, in order: clone, verify, orchestration, profile, sync, memory, downtime.  The
+Stages, in order: clone, verify, orchestration, profile, sync, memory, downtime, namespaces.  The
 full size takes about 20 minutes on 2 cores; `--size smoke` well under a
 minute (the test suite runs it so the code cannot rot).  Results are written
 after every stage, so an interrupted run still leaves what it measured.
@@ -24,13 +24,23 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench import clone_bench, downtime_bench, flow_bench, memory_bench, profile, report, sync_bench, verify_bench
+from bench import (
+    clone_bench,
+    downtime_bench,
+    flow_bench,
+    memory_bench,
+    namespaces_bench,
+    profile,
+    report,
+    sync_bench,
+    verify_bench,
+)
 from bench.common import Servers, Timer, drop_databases, machine, reset_destination, servers
 from bench.data import db_stats, seed_database
 from bench.sizes import Sizes, sizes_for
 
 log = logging.getLogger("bench")
-STAGES = ("clone", "verify", "orchestration", "profile", "sync", "memory", "downtime")
+STAGES = ("clone", "verify", "orchestration", "profile", "sync", "memory", "downtime", "namespaces")
 CLONE_DB = "bench_clone"
 FLOW_DB = "bench_flow"
 HERE = Path(__file__).resolve().parent
@@ -84,6 +94,15 @@ def run_stages(
                     sizes.downtime_rate,
                     sizes.downtime_after_proof_s,
                     sizes.downtime_sync_seconds,
+                )
+            elif stage == "namespaces":
+                results["namespaces"] = namespaces_bench.run(
+                    sv,
+                    sizes.namespaces_sizes,
+                    sizes.namespaces_per_db,
+                    sizes.namespaces_docs,
+                    sizes.namespaces_runs,
+                    out_dir / "profiles" if sizes.namespaces_profile_runs else None,
                 )
         results.setdefault("stage_seconds", {})[stage] = round(t.seconds, 1)
         results["elapsed_seconds"] = round(time.perf_counter() - t0, 1)

@@ -38,6 +38,11 @@ class Sizes:
     downtime_rate: float = 200.0  # the writer's ops/s while the data is proven and after
     downtime_after_proof_s: float = 20.0  # how long the writer goes on after the background pass
     downtime_sync_seconds: float = 30.0  # the sync measured with the verification off, then on
+    namespaces_sizes: tuple[int, int] = (10, 1_000)  # collections of the cost-per-namespace stage, small and large
+    namespaces_per_db: int = 20  # collections per database there (1,000 = 50 databases x 20)
+    namespaces_docs: int = 20  # documents per collection there (each also has one secondary index)
+    namespaces_runs: int = 3  # rounds of (hand-written copy, engine) per size; figures are medians
+    namespaces_profile_runs: int = 1  # 1: the large size's engine path once more under pyinstrument; 0: not
 
     def override(self, env: dict[str, str] | None = None) -> Sizes:
         """A copy with every ``LIVEMIGRATE_BENCH_<FIELD>`` variable applied."""
@@ -94,6 +99,11 @@ SMOKE = Sizes(
     downtime_rate=50.0,
     downtime_after_proof_s=0.2,
     downtime_sync_seconds=0.0,
+    namespaces_sizes=(2, 6),
+    namespaces_per_db=3,
+    namespaces_docs=5,
+    namespaces_runs=1,
+    namespaces_profile_runs=0,
 )
 
 PRESETS = {"full": FULL, "smoke": SMOKE}

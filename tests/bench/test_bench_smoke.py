@@ -91,8 +91,17 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     )  # two migrator processes: full size only
     assert "## Cutover downtime" in (tmp_path / "RESULTS.md").read_text()
 
+    ns = r["namespaces"]
+    assert [x["namespaces"] for x in ns["runs"]] == list(r["sizes"]["namespaces_sizes"])
+    for x in ns["runs"]:
+        assert _positive(x["hand_seconds"]) and _positive(x["engine_seconds"]) and _positive(x["ratio_engine_to_hand"])
+        assert x["engine_parts"].keys() == {"prechecks", "begin", "clone"} and x["engine_commands"]
+    assert {"hand", "engine"} == ns["marginal_ms_per_namespace"].keys()  # a difference: noise can make it negative
+    assert "## Cost per namespace" in (tmp_path / "RESULTS.md").read_text()
+
     targets = {t["target"] for t in r["targets"]}
     assert targets == {
+        "namespaces_vs_hand",
         "downtime_10x_data",
         "clone_vs_naive",
         "clone_vs_ingest_limit",
