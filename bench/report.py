@@ -39,6 +39,10 @@ TARGETS = (
     Target("sync_with_verification", "sync events applied with the background verification on vs off", 0.9, True),
     Target("sync_lag_with_verification", "sync p99 lag with the background verification on vs off", 1.1, False),
     Target("namespaces_vs_hand", "many small collections: engine time to the sync vs a hand-written copy", 2.0, False),
+    Target("first_document_s", "seconds from `livemigrate migrate` to the first copied document", 5.0, False),
+    Target(
+        "first_document_vs_engine", "time to the first document: `livemigrate migrate` vs the engine alone", 1.25, False
+    ),
 )
 
 
@@ -64,6 +68,10 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
             out["sync_lag_with_verification"] = ratio(cost["lag_p99_s"]["on"], cost["lag_p99_s"]["off"])
     if n := results.get("namespaces"):
         out["namespaces_vs_hand"] = n["ratio_engine_to_hand"]
+    if st := results.get("startup"):
+        out["first_document_s"] = st["first_document_median"]
+        if "ratio_first_document_to_engine" in st:
+            out["first_document_vs_engine"] = st["ratio_first_document_to_engine"]
     return out
 
 
@@ -135,7 +143,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(_row(t["what"], t["value"], f"{op} {t['bound']}", "yes" if t["met"] else "**no**"))
     lines += _clone(r.get("clone")) + _sync(r.get("sync")) + _verify(r.get("verify"))
     lines += _memory(r.get("memory")) + _flow(r.get("orchestration")) + _profile(r.get("profile"))
-    lines += _downtime(r.get("downtime")) + _namespaces(r.get("namespaces"))
+    lines += _downtime(r.get("downtime")) + _namespaces(r.get("namespaces")) + _startup(r.get("startup"))
     lines += _closing(r)
     if NOTES.exists():
         lines += ["", NOTES.read_text().rstrip()]
@@ -310,6 +318,61 @@ def _namespaces(n: dict[str, Any] | None) -> list[str]:
     ]
     if top := large.get("profile_top_self_time"):
         lines += ["", "The engine path profiled (main thread, top functions by own time):", "", "```", *top, "```"]
+    return lines
+
+
+_MODE_LABELS = {
+    "embedded": "`livemigrate migrate`, no Prefect server configured (a temporary one is started)",
+    "embedded_skip_prechecks": "the same with `--skip-prechecks`",
+    "configured_server": "`livemigrate migrate` with `PREFECT_API_URL` naming a running server",
+    "engine_alone": "baseline: the engine alone (prechecks, begin, clone; no CLI, no Prefect)",
+}
+
+
+def _startup(st: dict[str, Any] | None) -> list[str]:
+    if not st:
+        return []
+    lines = [
+        "",
+        "## Time to the first document (issue 20)",
+        "",
+        f"{st['docs']:,} documents on the source (the clone benchmark's shapes). Each way of starting runs "
+        f"{st['runs']} time(s), interleaved, on an emptied destination; the benchmark polls the destination every "
+        "50 ms and stops the command with SIGTERM once the first document is there (and, for the CLI, once the "
+        "flow run exists). Seconds from the process start to: the migration record (the prechecks are over), the "
+        "change stream's start point, the partition plan, the first copied document, the flow run's id recorded "
+        "by the flow's begin stage (the orchestration is up). Medians.",
+        "",
+        _row("how", "record", "start point", "plan", "**first document**", "flow run", "exit codes"),
+        _row(*["---"] * 7),
+    ]
+    for mode in st["modes"]:
+        x = st[mode]
+        cells = [x.get(f"{k}_median", "") for k in ("migration_record", "start_point", "partition_plan")]
+        lines.append(
+            _row(
+                _MODE_LABELS.get(mode, mode),
+                *cells,
+                f"**{x['first_document_median']}**",
+                x.get("flow_run_id_median", ""),
+                " ".join(str(c) for c in x["exit_codes"]),
+            )
+        )
+    lines += ["", f"First document ({st['headline_mode']}): **{st['first_document_median']} s** (target <= 5 s)."]
+    if "ratio_first_document_to_engine" in st:
+        lines[-1] += f" Against the engine alone: **{st['ratio_first_document_to_engine']}x**."
+    if imp := st.get("imports"):
+        srv = st["temporary_server"]
+        lines += [
+            "",
+            "Fresh processes (medians): bare interpreter "
+            f"{imp['bare_python']['median']} s, `import flows.cli` {imp['import_flows_cli']['median']} s, "
+            f"everything the migrate command imports before the engine starts "
+            f"{imp['import_migrate_command']['median']} s, the flow module with Prefect "
+            f"{imp['import_prefect_flow']['median']} s. Prefect's own temporary server "
+            f"(`SubprocessASGIServer`, what a flow call starts with no API configured): importing its code "
+            f"{srv['import_median']} s, then start to healthy {srv['start_to_healthy_median']} s.",
+        ]
     return lines
 
 

@@ -2,7 +2,7 @@
 
 usage: python -m bench.run [--size full|smoke] [--out DIR] [--only STAGE,...]
 
-Stages, in order: clone, verify, orchestration, profile, sync, memory, downtime, namespaces.  The
+Stages, in order: clone, verify, orchestration, profile, sync, memory, downtime, namespaces, startup.  The
 full size takes about 20 minutes on 2 cores; `--size smoke` well under a
 minute (the test suite runs it so the code cannot rot).  Results are written
 after every stage, so an interrupted run still leaves what it measured.
@@ -32,6 +32,7 @@ from bench import (
     namespaces_bench,
     profile,
     report,
+    startup_bench,
     sync_bench,
     verify_bench,
 )
@@ -40,7 +41,7 @@ from bench.data import db_stats, seed_database
 from bench.sizes import Sizes, sizes_for
 
 log = logging.getLogger("bench")
-STAGES = ("clone", "verify", "orchestration", "profile", "sync", "memory", "downtime", "namespaces")
+STAGES = ("clone", "verify", "orchestration", "profile", "sync", "memory", "downtime", "namespaces", "startup")
 CLONE_DB = "bench_clone"
 FLOW_DB = "bench_flow"
 HERE = Path(__file__).resolve().parent
@@ -103,6 +104,16 @@ def run_stages(
                     sizes.namespaces_docs,
                     sizes.namespaces_runs,
                     out_dir / "profiles" if sizes.namespaces_profile_runs else None,
+                )
+            elif stage == "startup":
+                results["startup"] = startup_bench.run(
+                    sv,
+                    tmp,
+                    sizes.startup_docs,
+                    sizes.startup_runs,
+                    sizes.startup_modes,
+                    bool(sizes.startup_wait_flow),
+                    sizes.startup_timing_runs,
                 )
         results.setdefault("stage_seconds", {})[stage] = round(t.seconds, 1)
         results["elapsed_seconds"] = round(time.perf_counter() - t0, 1)

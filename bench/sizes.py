@@ -43,6 +43,11 @@ class Sizes:
     namespaces_docs: int = 20  # documents per collection there (each also has one secondary index)
     namespaces_runs: int = 3  # rounds of (hand-written copy, engine) per size; figures are medians
     namespaces_profile_runs: int = 1  # 1: the large size's engine path once more under pyinstrument; 0: not
+    startup_docs: int = 50_000  # time to the first document: documents on the source
+    startup_runs: int = 3  # runs of each way of starting (interleaved); figures are medians
+    startup_modes: tuple[str, ...] = ("embedded", "embedded_skip_prechecks", "configured_server", "engine_alone")
+    startup_wait_flow: int = 1  # 1: each run goes on until the flow run exists (the orchestration is up); 0: not
+    startup_timing_runs: int = 3  # fresh-process timings (imports, Prefect's own temporary server); 0: not measured
 
     def override(self, env: dict[str, str] | None = None) -> Sizes:
         """A copy with every ``LIVEMIGRATE_BENCH_<FIELD>`` variable applied."""
@@ -104,6 +109,11 @@ SMOKE = Sizes(
     namespaces_docs=5,
     namespaces_runs=1,
     namespaces_profile_runs=0,
+    startup_docs=2_000,
+    startup_runs=1,
+    startup_modes=("embedded_skip_prechecks",),
+    startup_wait_flow=0,
+    startup_timing_runs=0,
 )
 
 PRESETS = {"full": FULL, "smoke": SMOKE}

@@ -23,6 +23,7 @@ from tasks.errors import EXIT_ERROR, ConfigError, LiveMigrateError, classify, er
 from tasks.shutdown import ShutdownRequested
 
 log = logging.getLogger(__name__)
+NOT_ON_TERMINAL = "livemigrate_not_on_terminal"  # a log record shown already, copied to a run's log (headstart.py)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -121,6 +122,8 @@ class TerminalLogHandler(logging.StreamHandler):  # type: ignore[type-arg]  # th
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s") if verbose else _OneLine())
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, NOT_ON_TERMINAL, False):
+            return False  # shown when it happened; now only copied to the run's log (flows/headstart.py)
         if self.verbose:
             return bool(super().filter(record))
         if self.prefect_dir is not None and record.pathname.startswith(self.prefect_dir):

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from flows.artifacts import CloneProgressArtifact, LiveStatus, artifact_key, markdown, table
 from flows.common import config_param
+from flows.headstart import HeadStart, claim
 from flows.metrics import Metrics
 from flows.status import cutover_plan_markdown, live_status_markdown, status_markdown
 from tasks.config import MigrationConfig
@@ -68,11 +69,11 @@ def decision_input(
 
 
 @task(name="prechecks", cache_policy=NONE)
-def prechecks_stage(cfg: MigrationConfig) -> dict[str, Any]:
+def prechecks_stage(cfg: MigrationConfig, head: HeadStart | None = None) -> dict[str, Any]:
     from checks.prechecks import run_prechecks
     from flows.prechecks import publish_artifacts, resolve_atlas_key
 
-    report = run_prechecks(resolve_atlas_key(cfg), store=True)
+    report = head.prechecks() if head is not None else run_prechecks(resolve_atlas_key(cfg), store=True)
     publish_artifacts(report)
     summary: dict[str, Any] = report.to_dict()
     if report.failed:
@@ -392,7 +393,8 @@ def migrate_flow(
     cfg = config_param(config)
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
-    m = Migration(cfg)
+    head = claim(cfg)  # `livemigrate migrate` began the engine's first steps while Prefect came up (flows/headstart.py)
+    m = head.migration() if head is not None else Migration(cfg)
     metrics = Metrics()
 
     def tick(st: Any) -> None:
@@ -410,11 +412,11 @@ def migrate_flow(
     if cfg.tuning.metrics_port is not None:
         _, port = metrics.serve(cfg.tuning.metrics_port)
         logger.info("Prometheus metrics on http://127.0.0.1:%s/metrics", port)
-    existing = m.store.get(cfg.name)
+    existing = head.existing() if head is not None else m.store.get(cfg.name)
     resuming = existing is not None and existing.phase not in (Phase.COMPLETE, Phase.CANCELLED, Phase.EXPIRED)
     try:
         if not skip_prechecks and not resuming:
-            prechecks_stage(cfg)
+            prechecks_stage(cfg, head)
         metrics.phase(cfg.name, begin_stage(m, restart, flow_run_id))
         live = LiveStatus(
             cfg.name, lambda: live_status_markdown(describe(m.store, m.name), _rules(m), STATUS_SECONDS), STATUS_SECONDS

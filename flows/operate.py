@@ -33,15 +33,15 @@ from tasks.shutdown import ShutdownRequested, graceful_shutdown, stopped_by
 from tasks.status import describe
 
 log = logging.getLogger(__name__)
+HEAD_START_WAIT_S = 10.0  # the longest Prefect waits for the first copied batch before it starts anyway
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
 @cli_guard
 def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir: Path | None) -> int:
-    from prefect.exceptions import CancelledRun
-
-    from flows.migrate import migrate_flow
+    from flows.headstart import HeadStart
+    from flows.tempserver import TempServer
 
     cfg = load_resolved(config)  # fail fast, with exit 2, on a broken file or link
     with connect_side(cfg, "destination") as dst:  # a second driver is refused before Prefect starts
@@ -49,26 +49,38 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
     err.print(
         f"[bold]livemigrate[/]: starting the migrate flow for {config} (approve with `livemigrate cutover --config {config}`)"
     )
-    from flows.console import live_progress
-
     with graceful_shutdown():
+        # Issue 20: the engine's first steps (prechecks, start point, plan, copy) begin at once in a thread and a
+        # temporary Prefect server (when none is configured) in a process of its own; the flow claims the steps.
+        server = TempServer.start()
+        head = HeadStart(cfg, restart=restart, skip_prechecks=skip_prechecks).start()
         try:
+            from flows.console import live_progress
+
             with live_progress(cfg, err):
+                # Prefect's imports and its flow engine compete with the first steps for this process (one
+                # interpreter lock) and a small machine's CPU: they start once the first batch is copied.
+                head.copying(HEAD_START_WAIT_S)
+                if server is not None:
+                    server.use()
+                from flows.migrate import migrate_flow
+
                 result: dict[str, Any] = migrate_flow(
                     config=str(config),
                     restart=restart,
                     skip_prechecks=skip_prechecks,
                     report_dir=str(report_dir) if report_dir else None,
                 )
-        except (ShutdownRequested, CancelledRun) as exc:
+        except BaseException as exc:
             # The flow's own cleanup has run (Migration.close: sync stopped, checkpoint written).
-            signum = stopped_by()
-            if isinstance(exc, CancelledRun) and signum is None:
-                raise  # cancelled from the Prefect UI
-            stop = exc if isinstance(exc, ShutdownRequested) else ShutdownRequested(signum or 15)
+            stop = _clean_stop(exc)
+            if stop is None:
+                raise  # an error, or a run cancelled from the Prefect UI
             hint = f"run `livemigrate migrate --config {config}` to resume"
             print(f"livemigrate: {stop.one_line(cfg.name, hint)}", file=sys.stderr, flush=True)
             return stop.exit_code
+        finally:
+            head.close()  # stops and closes what no flow claimed (a stop before the flow ran, a failed start)
     phase = result.get("phase")
     out.print(f"migration [bold]{result.get('name')}[/] ended: [bold]{phase}[/]")
     cut = result.get("cutover") or {}
@@ -80,6 +92,18 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
         if cut.get("report"):
             out.print(f"migration report: {cut['report']}")
     return EXIT_OK if phase in ("complete", "cancelled") else EXIT_FAILED
+
+
+def _clean_stop(exc: BaseException) -> ShutdownRequested | None:
+    """The stop a SIGTERM/SIGINT made of ``exc`` (Prefect reports it as a cancelled run), else None."""
+    if isinstance(exc, ShutdownRequested):
+        return exc
+    if "prefect.exceptions" not in sys.modules:
+        return None  # Prefect never ran here, so no run was cancelled
+    from prefect.exceptions import CancelledRun
+
+    signum = stopped_by()
+    return ShutdownRequested(signum) if isinstance(exc, CancelledRun) and signum is not None else None
 
 
 @cli_guard

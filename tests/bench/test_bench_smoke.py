@@ -99,8 +99,14 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     assert {"hand", "engine"} == ns["marginal_ms_per_namespace"].keys()  # a difference: noise can make it negative
     assert "## Cost per namespace" in (tmp_path / "RESULTS.md").read_text()
 
+    st = r["startup"]  # time to the first document: the real `livemigrate migrate`, stopped by SIGTERM
+    assert [x["exit_code"] for x in st["embedded_skip_prechecks"]["runs"]] == [143]
+    assert _positive(st["first_document_median"])
+    assert "## Time to the first document" in (tmp_path / "RESULTS.md").read_text()
+
     targets = {t["target"] for t in r["targets"]}
     assert targets == {
+        "first_document_s",
         "namespaces_vs_hand",
         "downtime_10x_data",
         "clone_vs_naive",
