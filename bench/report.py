@@ -336,6 +336,7 @@ def _startup(st: dict[str, Any] | None) -> list[str]:
         "",
         "## Time to the first document (issue 20)",
         "",
+        *([f"_{st['provenance']}_", ""] if st.get("provenance") else []),
         f"{st['docs']:,} documents on the source (the clone benchmark's shapes). Each way of starting runs "
         f"{st['runs']} time(s), interleaved, on an emptied destination; the benchmark polls the destination every "
         "50 ms and stops the command with SIGTERM once the first document is there (and, for the CLI, once the "

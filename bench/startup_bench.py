@@ -117,12 +117,22 @@ def _command(mode: str, path: Path) -> list[str]:
     return [str(CLI), "migrate", "--config", str(path)] + (["--skip-prechecks"] if "skip" in mode else [])
 
 
+def _empty_destination(sv: Servers, colls: list[Any]) -> None:
+    """Drop the copy and the metadata store; again while an insert the stopped process sent still lands."""
+    for _ in range(20):
+        reset_destination(sv, DB)
+        time.sleep(0.5)
+        if all(c.find_one({}, {"_id": 1}) is None for c in colls):
+            return
+    raise RuntimeError("the destination keeps receiving documents after the migrator stopped")
+
+
 def one_run(sv: Servers, tmp: Path, name: str, mode: str, api_url: str | None, wait_flow: bool) -> dict[str, Any]:
     """Start the command, watch the destination until the first document (and the flow run), stop it."""
-    reset_destination(sv, DB)
+    colls = [sv.dst[DB][s.name] for s in SHAPES]
+    _empty_destination(sv, colls)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config_dict(sv, name, DB)))
-    colls = [sv.dst[DB][s.name] for s in SHAPES]
     migrations = sv.dst[METADATA_DB]["migrations"]
     wanted = {"first_document", "flow_run_id"} if wait_flow and mode != "engine_alone" else {"first_document"}
     seen: dict[str, float] = {}
