@@ -152,7 +152,9 @@ def batch_through(
 def open_start_point(source: MongoClient[Any]) -> tuple[dict[str, Any], Timestamp]:
     """Open the cluster-wide change stream once and return its resume point (before any data is read)."""
     optime = latest_optime(source)
-    with source.watch([], show_expanded_events=True) as stream:
+    # A short await: the getMore only proves the cursor exists; the server's default (1 s) was a second of
+    # every begin spent waiting for an event nobody needs.
+    with source.watch([], show_expanded_events=True, max_await_time_ms=50) as stream:
         stream.try_next()  # make sure the cursor exists on the server
         token = token_dict(stream.resume_token)
     if token is None:
