@@ -8,7 +8,7 @@ export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint format lock bench soak ui browser-check clean
+.PHONY: setup demo test lint format lock bench bench-smoke soak ui browser-check clean
 
 setup: $(VENV)/.installed $(SECANTUS)/.installed
 
@@ -51,6 +51,11 @@ lock: | $(UV)
 
 bench: setup
 	$(VENV)/bin/python -m bench.run
+
+# The benchmark harness end to end at its smoke size (about 70 s): kept out of `make test`'s 10 minutes,
+# run by .ci/run so the bench code cannot rot.
+bench-smoke: setup
+	$(VENV)/bin/python -m pytest -m bench -p no:cacheprovider tests/bench
 
 soak: setup
 	$(VENV)/bin/python -m pytest -m soak -p no:cacheprovider tests/reliability/test_soak.py
