@@ -11,7 +11,6 @@ Every process it started is stopped at the end.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 import random
 import shutil
@@ -164,7 +163,9 @@ class LiveWriter(threading.Thread):
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING)
+    from flows.common import install_terminal_log
+
+    install_terminal_log()  # as `livemigrate`: warnings and outcomes on the terminal, Prefect's lines in the run log
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     n_docs = int(os.environ.get("LIVEMIGRATE_DEMO_DOCS", "100000"))
