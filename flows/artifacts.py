@@ -137,20 +137,14 @@ class LiveStatus:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
-            try:
-                self.push()
-            except Exception as exc:  # noqa: BLE001 - retried next tick
-                log.debug("live status update failed: %s", exc)
+            self.refresh()  # a failed update is retried at the next tick
 
     def stop(self) -> None:
         """A last update (the final phase), then no more."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10)
-        try:
-            self.push()
-        except Exception as exc:  # noqa: BLE001
-            log.debug("live status final update failed: %s", exc)
+        self.refresh()
 
 
 __all__ = [
