@@ -19,7 +19,6 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from flows.status import status_markdown, verification_lines
 from tasks.progress import Throttle
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,5 @@ __all__ = [
     "LiveStatus",
     "artifact_key",
     "markdown",
-    "status_markdown",
     "table",
-    "verification_lines",
 ]

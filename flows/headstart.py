@@ -297,4 +297,4 @@ def claim(cfg: MigrationConfig) -> HeadStart | None:
     return head
 
 
-__all__ = ["HeadStart", "HeadStartMigration", "claim"]
+__all__ = ["ENGINE_LOGGERS", "HeadStart", "HeadStartMigration", "claim"]

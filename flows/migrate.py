@@ -25,7 +25,7 @@ from pydantic import Field
 
 from flows.artifacts import CloneProgressArtifact, LiveStatus, artifact_key, markdown, table
 from flows.common import config_param
-from flows.headstart import HeadStart, claim
+from flows.headstart import ENGINE_LOGGERS, HeadStart, claim
 from flows.metrics import Metrics
 from flows.status import cutover_plan_markdown, live_status_markdown, status_markdown
 from tasks.config import MigrationConfig
@@ -405,7 +405,7 @@ def migrate_flow(
     flow_context = contextvars.copy_context()  # the run's context, for artifacts made by background threads
     m.on_difference = lambda found: flow_context.copy().run(_report_differences, m, found)
     bridge = _RunLogBridge(logger)
-    engine_loggers = [logging.getLogger("tasks"), logging.getLogger("checks")]
+    engine_loggers = [logging.getLogger(name) for name in ENGINE_LOGGERS]
     for lg in engine_loggers:
         lg.addHandler(bridge)
     live: LiveStatus | None = None

@@ -210,11 +210,6 @@ def verification_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def verification_lines(d: dict[str, Any]) -> list[str]:
-    """:func:`verification_rows` as markdown list items."""
-    return [f"  - {t}" if k.startswith("  ") else f"- **{k}:** {t}" for k, t in verification_rows(d)]
-
-
 def cutover_plan_markdown(
     *,
     blocks: bool,
