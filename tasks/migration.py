@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
@@ -322,20 +322,25 @@ class Migration:
 
     def _unblock_destination(self, doc: MigrationDoc) -> None:
         """At "destination ready" (or a cancel, or the window's end): the application may write there."""
-        if not doc.destination_write_blocked:
-            return
+        if doc.destination_write_blocked:
+            self._lift_block("destination", destination_write_blocked=False, destination_writes="unblocked")
+
+    def _lift_block(self, side: Literal["source", "destination"], **cleared: Any) -> None:
+        """setUserWriteBlockMode {global: false} on ``side``, then the record's ``cleared`` fields; a failure
+        is a warning with the command to run by hand.  A driver that was taken over leaves the block alone."""
         try:
             self.store.check_fence(self.name)
         except LockHeldError:
-            log.warning("not unblocking the destination's writes: another process drives this migration now")
+            log.warning("not unblocking the %s's writes: another process drives this migration now", side)
             return
+        client = self.src if side == "source" else self.dst
         try:
-            self.dst.admin.command({"setUserWriteBlockMode": 1, "global": False})
-            self.store.update(self.name, destination_write_blocked=False, destination_writes="unblocked")
-            log.info("user writes on the destination are unblocked")
+            client.admin.command({"setUserWriteBlockMode": 1, "global": False})
+            self.store.update(self.name, **cleared)
+            log.info("user writes on the %s are unblocked", side)
         except PyMongoError as exc:
             msg = (
-                f"could not unblock writes on the destination ({type(exc).__name__}): run "
+                f"could not unblock writes on the {side} ({type(exc).__name__}): run "
                 "db.adminCommand({setUserWriteBlockMode: 1, global: false}) on it"
             )
             self.store.push(self.name, "warnings", msg)
@@ -907,20 +912,8 @@ class Migration:
         return True
 
     def _unblock_writes(self, doc: MigrationDoc) -> None:
-        if not doc.write_blocked:
-            return
-        try:
-            self.store.check_fence(self.name)  # a driver that was taken over leaves the source alone
-        except LockHeldError:
-            log.warning("not unblocking the source's writes: another process drives this migration now")
-            return
-        try:
-            self.src.admin.command({"setUserWriteBlockMode": 1, "global": False})
-            self.store.update(self.name, write_blocked=False)
-        except PyMongoError as exc:
-            msg = f"could not unblock writes on the source ({type(exc).__name__}): run setUserWriteBlockMode with global: false"
-            self.store.push(self.name, "warnings", msg)
-            log.error(msg)
+        if doc.write_blocked:
+            self._lift_block("source", write_blocked=False)
 
     def _wait_source_quiet(self, result: CutoverResult) -> None:
         """Without write blocking: the application was stopped; confirm the source's optime stands still."""
@@ -960,7 +953,6 @@ class DestinationWatch:
 
     def __init__(self, dst: MongoClient[Any], nsfilter: NamespaceFilter, dirty: Any, metadata_db: str) -> None:
         self.dst, self.nsfilter, self.dirty, self.metadata_db = dst, nsfilter, dirty, metadata_db
-        self.events = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="destination-watch", daemon=True)
 
@@ -986,7 +978,6 @@ class DestinationWatch:
                         resume = stream.resume_token
                         ns = event.get("ns") or {}
                         if self.nsfilter.matches(str(ns.get("db", "")), str(ns.get("coll", ""))):
-                            self.events += 1
                             self.dirty.touched(f"{ns['db']}.{ns['coll']}", [event["documentKey"]])
             except PyMongoError as exc:
                 log.warning("watching the destination for foreign writes: %s; retrying", type(exc).__name__)
