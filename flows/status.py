@@ -12,6 +12,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from checks.prechecks.data import human_bytes as _bytes
+
 TERMINAL_PHASES = ("complete", "cancelled", "expired", "failed")
 
 
@@ -29,14 +31,8 @@ def utc_text(value: str | dt.datetime | None) -> str:
 
 
 def human_bytes(n: float | int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(size) < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"  # pragma: no cover - the loop returns
+    """Sizes as the prechecks write them ('3.4 MB'); '-' when unknown."""
+    return "-" if n is None else _bytes(float(n))
 
 
 def human_seconds(s: float | None) -> str:

@@ -18,8 +18,8 @@ DEFAULT_COPY_RATE_MB_S = 20.0
 OPLOG_MARGIN = 1.5  # the window must hold the copy plus index builds and the catch-up
 
 
-def _mb(n: float) -> str:
-    """Bytes for people: '812 B', '3.4 MB', '1.2 TB'."""
+def human_bytes(n: float) -> str:
+    """Bytes for people: '812 B', '3.4 MB', '1.2 TB' (also the status and report's sizes, flows/status.py)."""
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024:
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
@@ -71,17 +71,21 @@ def rule_disk(f: Facts) -> CheckResult:
         return CheckResult(
             "disk",
             Status.WARN,
-            f"the destination did not report fsTotalSize/fsUsedSize; the source needs about {_mb(need)}",
+            f"the destination did not report fsTotalSize/fsUsedSize; the source needs about {human_bytes(need)}",
             ev,
-            f"check by hand that the destination has at least {_mb(need * DISK_WARN_RATIO)} free",
+            f"check by hand that the destination has at least {human_bytes(need * DISK_WARN_RATIO)} free",
         )
     free = d.fs_total - d.fs_used
     ev.update(
         destination_free_bytes=free, destination_total_bytes=d.fs_total, ratio=round(free / need, 2) if need else None
     )
     status = disk_status(free, need)
-    summary = f"destination has {_mb(free)} free for {_mb(need)} of source data and indexes"
-    remedy = "" if status == Status.PASS else f"give the destination at least {_mb(need * DISK_WARN_RATIO)} free disk"
+    summary = f"destination has {human_bytes(free)} free for {human_bytes(need)} of source data and indexes"
+    remedy = (
+        ""
+        if status == Status.PASS
+        else f"give the destination at least {human_bytes(need * DISK_WARN_RATIO)} free disk"
+    )
     return CheckResult("disk", status, summary, ev, remedy)
 
 
