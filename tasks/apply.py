@@ -1,10 +1,14 @@
 """Turn change events into destination writes that converge when replayed.
 
 Why: after a crash the sync replays every event after the last checkpoint, and
-the clone it runs over is fuzzy.  Every data event therefore becomes a
-full-state write (replace-with-upsert of the looked-up document, or a delete),
-so applying any suffix of the stream, any number of times, ends in the
-source's state.  Within a batch only the last write per document matters, and
+the clone it runs over is fuzzy.  Every data event therefore becomes a write
+that converges over any later state of its document: a full-state write
+(replace-with-upsert of the inserted, replacing or looked-up document, or a
+delete), or with ``sync.update_mode: delta`` an update's changes as
+assignments (tasks/delta.py), with the document looked up on the source where
+those cannot be applied.  Applying any suffix of the stream, any number of
+times, ends in the source's state.  Within a batch a full-state write voids
+what came before it for that document, deltas follow it in order, and
 different documents go to parallel lanes.
 """
 
@@ -18,7 +22,7 @@ from typing import Any, Protocol
 
 from bson import decode
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne
+from pymongo import DeleteOne, InsertOne, MongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError, CollectionInvalid, OperationFailure
 
 from tasks.catalog import collection_spec, comparable_options, unsupported_reason
@@ -32,6 +36,7 @@ from tasks.ddl import (
     index_for_sync,
     park_collection_ttl,
 )
+from tasks.delta import Delta, delta_of
 from tasks.emptyts import any_empty_ts, insert_keeping_empty_ts, write_keeping_empty_ts
 from tasks.errors import DocumentRejectedError, TerminalError, TransientError, classify
 from tasks.idkey import id_key, same_bytes
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 SERIAL_MODES = frozenset({"capped", "collation"})  # every write, in source order
 REWRITE_MODES = frozenset({"collation", "sharded"})  # a replacement is written as delete then insert
 QE_STATE_PREFIX = "enxcol_."  # Queryable Encryption's state collections (enxcol_.<coll>.esc/.ecoc), server-managed
+LOOKUP_BATCH = 1000  # documents looked up on the source per query (delta mode's fallback)
 COPY_BATCH_BYTES = 8 * 1024 * 1024  # a collection copied afresh after a rename goes in inserts of this size
 DATA_EVENTS = frozenset({"insert", "update", "replace", "delete"})
 DDL_EVENTS = frozenset(
@@ -65,17 +71,24 @@ class ApplyObserver(Protocol):
 
 @dataclass
 class Write:
-    """The full-state write for one document: a replacement, or None for a delete.
+    """What one batch owes one document: a full-state write (a replacement, or None for a delete), then deltas.
 
     ``reset``: an earlier write of the same batch named this document by a value-equal ``_id`` of other
     bytes (``1`` then ``1.0``): the destination may hold the old form, so it is deleted first and the
     document written anew, which leaves the source's bytes.
+
+    ``base`` False: no full-state write, only ``deltas`` on what the destination holds (update events in
+    ``delta`` mode).  ``lookup``: the document's state is read from the source when the write is applied
+    (a delta that update operators cannot express, or a namespace written as delete then insert).
     """
 
     ns: str
     id_value: Any
     doc: RawBSONDocument | None
     reset: bool = False
+    deltas: list[Delta] = field(default_factory=list)
+    base: bool = True
+    lookup: bool = False
 
 
 class WriteSet:
@@ -103,6 +116,11 @@ class WriteSet:
             return
         key = (w.ns, id_key(w.id_value))
         before = self.latest.get(key)
+        if before is not None and not w.base:
+            # An update's delta goes on top of what the batch already owes the document, in order.
+            before.deltas.extend(w.deltas)
+            before.lookup = before.lookup or w.lookup
+            return
         if before is not None:
             w.reset = before.reset or not same_bytes(before.id_value, w.id_value)
             del self.latest[key]  # re-inserted: the dict's order stays the order of last writes
@@ -116,6 +134,14 @@ class WriteSet:
         for ns, writes in self.serial.items():
             out[hash(ns) % n].extend(writes)
         return out
+
+
+def _dollar_top_level(doc: Any) -> bool:
+    """Whether a document has a top-level field whose name starts with ``$`` (cheap for raw BSON: a byte test
+    first, the names decoded only when a ``$`` is there at all)."""
+    if isinstance(doc, RawBSONDocument) and b"$" not in doc.raw:
+        return False
+    return any(str(k).startswith("$") for k in doc.keys())
 
 
 class _Replacement(RawBSONDocument):
@@ -136,6 +162,8 @@ class _Replacement(RawBSONDocument):
 class ApplyStats:
     upserts: int = 0
     deletes: int = 0
+    deltas: int = 0  # update events applied as their changes (delta mode)
+    lookups: int = 0  # documents read from the source because a delta could not be applied
     ddl: int = 0
     skipped: int = 0
     index_changes: list[IndexChange] = field(default_factory=list)  # for the book of restores, in order
@@ -153,14 +181,21 @@ def rename_target(event: Any) -> Any:
     return event.get("to") or (event.get("operationDescription") or {}).get("to") or {}
 
 
-def data_write(event: Any) -> Write:
-    """The converging write for a data event."""
+def data_write(event: Any, *, delta: bool = False) -> Write:
+    """The converging write for a data event; ``delta``: the stream carries updates' changes, not documents."""
     db, coll = event_ns(event) or ("", "")
     op = event["operationType"]
     id_value = event["documentKey"]["_id"]
+    ns = f"{db}.{coll}"
+    if op == "update" and delta:
+        # The update's changes, or a lookup when update operators cannot say them (tasks/delta.py).
+        change = delta_of(event)
+        if change is None:
+            return Write(ns, id_value, None, base=False, lookup=True)
+        return Write(ns, id_value, None, deltas=[change], base=False)
     doc = None if op == "delete" else event.get("fullDocument")
     # update with fullDocument None: the document was deleted after the update; deleting converges.
-    return Write(f"{db}.{coll}", id_value, doc)
+    return Write(ns, id_value, doc)
 
 
 class Applier:
@@ -175,8 +210,10 @@ class Applier:
         excluded: frozenset[str] = frozenset(),
         shard_entries: list[Any] | None = None,
         supporting_indexes: bool = False,
+        update_mode: str = "lookup",
     ) -> None:
         self.dst = dest
+        self.update_mode = update_mode  # "delta": update events carry their changes (sync.update_mode)
         self.shard_entries = list(shard_entries or [])  # sharding.shardingEntries: for collections re-created
         self.supporting_indexes = supporting_indexes
         self.excluded = excluded  # namespaces the clone reported unsupported and skipped: the sync skips them too
@@ -214,7 +251,9 @@ class Applier:
                 if not self.in_scope(ev):
                     stats.skipped += 1
                     continue
-                w = data_write(ev)
+                w = data_write(ev, delta=self.update_mode == "delta")
+                if not w.base and self.write_mode(w.ns) in REWRITE_MODES:
+                    w.lookup = True  # written as delete then insert: the whole document is needed
                 pending.add(w, serial=self.is_serial(w.ns))
                 if self.observer is not None:
                     keys.setdefault(w.ns, []).append(ev["documentKey"])
@@ -326,40 +365,146 @@ class Applier:
             results = [f.result() for f in futures]
         else:
             results = [self._apply_lane(lane) for lane in lanes]
-        for ups, dels in results:
-            stats.upserts += ups
-            stats.deletes += dels
+        for lane_stats in results:
+            stats.upserts += lane_stats.upserts
+            stats.deletes += lane_stats.deletes
+            stats.deltas += lane_stats.deltas
+            stats.lookups += lane_stats.lookups
 
-    def _apply_lane(self, writes: list[Write]) -> tuple[int, int]:
+    def _apply_lane(self, writes: list[Write]) -> ApplyStats:
         by_ns: dict[str, list[Write]] = {}
         for w in writes:
             by_ns.setdefault(w.ns, []).append(w)
-        ups = dels = 0
+        out = ApplyStats()
         for ns, ws in by_ns.items():
             db, _, coll = ns.partition(".")
             c = self.dst[db].get_collection(coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
-            resets = [DeleteOne({"_id": w.id_value}) for w in ws if w.reset and w.doc is not None]
-            if resets:  # the old byte form of a value-equal _id goes first (see Write.reset)
-                self._bulk(c, ns, resets, ordered=False)
             mode = self._serial.get(ns, "")
-            if any_empty_ts([w.doc for w in ws if w.doc is not None]):
-                self._write_keeping_empty_ts(c, ns, ws, mode)
-            elif mode in REWRITE_MODES:
-                # Under a collation two _id strings can be one document, and a replacement whose _id differs
-                # in bytes from the stored one is refused (ImmutableField, 66: object_replace_executor.cpp
-                # compares without the collation); through mongos see write_mode: delete, then insert.
-                ops = [
-                    op
-                    for w in ws
-                    for op in (DeleteOne({"_id": w.id_value}), *([InsertOne(w.doc)] if w.doc is not None else []))
-                ]
-                self._bulk(c, ns, ops, ordered=True)
+            looked_up = [w for w in ws if w.lookup]
+            if any(w.deltas for w in ws) and any_empty_ts([w.doc for w in ws if w.doc is not None]):
+                looked_up = [w for w in ws if w.lookup or w.deltas]  # written one by one: see _write_keeping_empty_ts
+            if looked_up:
+                self._look_up(ns, looked_up)
+                out.lookups += len(looked_up)
+            if any(w.deltas for w in ws):
+                out.lookups += self._apply_with_deltas(c, ns, ws, mode)
             else:
-                self._bulk(c, ns, [self._op(w) for w in ws], ordered=bool(mode))
-            n_del = sum(1 for w in ws if w.doc is None)
-            dels += n_del
-            ups += len(ws) - n_del
-        return ups, dels
+                self._apply_full(c, ns, ws, mode)
+            n_del = sum(1 for w in ws if w.base and w.doc is None)
+            out.deletes += n_del
+            out.deltas += sum(len(w.deltas) for w in ws)
+            out.upserts += sum(1 for w in ws if w.base) - n_del
+        return out
+
+    def _apply_full(self, c: Any, ns: str, ws: list[Write], mode: str) -> None:
+        """Full-state writes only: the last state of each document (in source order in a serial namespace)."""
+        resets = [DeleteOne({"_id": w.id_value}) for w in ws if w.reset and w.doc is not None]
+        if resets:  # the old byte form of a value-equal _id goes first (see Write.reset)
+            self._bulk(c, ns, resets, ordered=False)
+        if any_empty_ts([w.doc for w in ws if w.doc is not None]):
+            self._write_keeping_empty_ts(c, ns, ws, mode)
+        elif mode in REWRITE_MODES:
+            # Under a collation two _id strings can be one document, and a replacement whose _id differs
+            # in bytes from the stored one is refused (ImmutableField, 66: object_replace_executor.cpp
+            # compares without the collation); through mongos see write_mode: delete, then insert.
+            ops = [
+                op
+                for w in ws
+                for op in (DeleteOne({"_id": w.id_value}), *([InsertOne(w.doc)] if w.doc is not None else []))
+            ]
+            self._bulk(c, ns, ops, ordered=True)
+        else:
+            ops = [op for w in ws for op in self._ops(w)]
+            self._bulk(c, ns, ops, ordered=bool(mode) or len(ops) > len(ws))
+
+    def _look_up(self, ns: str, writes: list[Write]) -> None:
+        """Turn ``writes`` into full-state writes of the source's current documents (None where gone).
+
+        The source's current state is later than every event of the batch, so writing it converges as an
+        ``updateLookup`` document does; the events after it are replayed over it.  One query per 1,000
+        documents (``_id`` by value: ``$in`` matches ``1`` and ``1.0`` alike, as the update did).
+        """
+        if self.src is None:
+            raise TerminalError(f"{ns}: an update must be looked up on the source, and there is no source")
+        db, _, coll = ns.partition(".")
+        src = self.src[db].get_collection(coll, codec_options=RAW)
+        for i in range(0, len(writes), LOOKUP_BATCH):
+            chunk = writes[i : i + LOOKUP_BATCH]
+            found = {id_key(d["_id"]): d for d in src.find({"_id": {"$in": [w.id_value for w in chunk]}})}
+            for w in chunk:
+                w.doc = found.get(id_key(w.id_value))
+                w.base, w.deltas, w.lookup = True, [], False
+
+    def _apply_with_deltas(self, c: Any, ns: str, ws: list[Write], mode: str) -> int:
+        """Full-state writes and the deltas after them, in one ordered bulk (order matters per document).
+
+        A delta the destination refuses (its document changed type in a later event: PathNotViable) or
+        that matches nothing (the document is not there) is not an error: that document is looked up on
+        the source and written whole afterwards.  Returns how many documents were looked up.
+        """
+        resets = [DeleteOne({"_id": w.id_value}) for w in ws if w.reset and w.base and w.doc is not None]
+        if resets:
+            self._bulk(c, ns, resets, ordered=False)
+        ops: list[Any] = []
+        owner: list[Write | None] = []  # per op: the write whose delta it is (None: a full-state write)
+        for w in ws:
+            if w.base:
+                for op in self._ops(w):
+                    ops.append(op)
+                    owner.append(None)
+            for d in w.deltas:
+                for op in d.ops(w.id_value):
+                    ops.append(op)
+                    owner.append(w)
+        redo: dict[int, Write] = {}
+        executed_updates = matched = 0  # update statements run without error, and the documents they matched
+        start = 0
+        while start < len(ops):
+            if self.halt is not None:
+                raise self.halt
+            chunk = ops[start:]
+            try:
+                with self.gate.slot(len(chunk)):
+                    res = c.bulk_write(chunk, ordered=True, bypass_document_validation=True)
+                matched += res.matched_count + res.upserted_count
+                executed_updates += sum(1 for op in chunk if isinstance(op, (UpdateOne, ReplaceOne)))
+                break
+            except BulkWriteError as exc:
+                details = exc.details
+                errs = details.get("writeErrors") or []
+                at = int(errs[0].get("index", 0)) if errs else len(chunk)
+                matched += int(details.get("nMatched", 0)) + int(details.get("nUpserted", 0))
+                executed_updates += sum(1 for op in chunk[:at] if isinstance(op, (UpdateOne, ReplaceOne)))
+                failed = owner[start + at] if errs else None
+                if failed is not None:
+                    redo[id(failed)] = failed  # the delta does not apply to what the destination holds: look it up
+                    wces = details.get("writeConcernErrors") or []
+                    if wces:
+                        raise TransientError(
+                            f"{ns}: write concern error on the destination: "
+                            f"{wces[0].get('codeName') or wces[0].get('code')}"
+                        ) from None
+                else:
+                    self._raise_rejected(ns, chunk, exc)  # raises unless harmless
+                if not errs:
+                    break
+                start += at + 1
+        if matched < executed_updates:
+            # Some delta matched no document (a delete base, or the document is not on the destination).
+            maybe = [w for w in ws if w.deltas and id(w) not in redo and (not w.base or w.doc is None)]
+            there: set[Any] = set()
+            for i in range(0, len(maybe), LOOKUP_BATCH):
+                ids = [w.id_value for w in maybe[i : i + LOOKUP_BATCH]]
+                there.update(id_key(d["_id"]) for d in c.find({"_id": {"$in": ids}}, {"_id": 1}))
+            redo.update((id(w), w) for w in maybe if id_key(w.id_value) not in there)
+        if not redo:
+            return 0
+        again = list(redo.values())
+        self._look_up(ns, again)
+        for w in again:
+            w.reset = False
+        self._apply_full(c, ns, again, mode)
+        return len(again)
 
     def _write_keeping_empty_ts(self, c: Any, ns: str, ws: list[Write], mode: str) -> None:
         """The writes of one namespace, in order, one command each with bypassEmptyTsReplacement: some hold a
@@ -375,6 +520,15 @@ class Applier:
                     write_keeping_empty_ts(c, ns, kind, w.id_value, w.doc)
             except BulkWriteError as exc:
                 self._raise_rejected(ns, [DeleteOne({"_id": w.id_value})], exc)
+
+    @classmethod
+    def _ops(cls, w: Write) -> list[Any]:
+        """A full-state write's operations: one, or delete then insert for a document a replacement cannot
+        carry (a top-level field named with ``$``: the server refuses it in a replacement, DollarPrefixedFieldName
+        52, "Consider using an aggregation pipeline with $replaceWith"; MongoDB 5.0+ field-names page)."""
+        if w.doc is not None and _dollar_top_level(w.doc):
+            return [DeleteOne({"_id": w.id_value}), InsertOne(w.doc)]
+        return [cls._op(w)]
 
     @staticmethod
     def _op(w: Write) -> DeleteOne | ReplaceOne[Any]:

@@ -166,6 +166,16 @@ class Verification(_Strict):
     )
 
 
+class SyncOptions(_Strict):
+    update_mode: Literal["lookup", "delta"] = Field(
+        default="lookup",
+        description="lookup: every update event carries the document as the source holds it when read "
+        "(fullDocument: updateLookup, a second read on the source per update); delta: the destination "
+        "applies the update's changes (updateDescription, as mongosync does) and looks a document up only "
+        "where the changes cannot be applied; needs a source of MongoDB 6.1 or newer",
+    )
+
+
 class Tuning(_Strict):
     workers: int = Field(default=4, ge=1, le=64)
     batch_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=47 * 1024 * 1024)
@@ -203,6 +213,7 @@ class MigrationConfig(_Strict):
         "watched for writes by others instead",
     )
     cutover: Cutover = Field(default_factory=Cutover)
+    sync: SyncOptions = Field(default_factory=SyncOptions)
     verification: Verification = Field(default_factory=Verification)
     tuning: Tuning = Field(default_factory=Tuning)
     metadata_db: Literal["__livemigrate"] = "__livemigrate"

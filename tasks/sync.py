@@ -162,6 +162,30 @@ def open_start_point(source: MongoClient[Any]) -> tuple[dict[str, Any], Timestam
     return token, optime
 
 
+DELTA_MIN_VERSION = (6, 1)
+"""Update events name fields with dots in them (``disambiguatedPaths``) from MongoDB 6.1 on, with
+showExpandedEvents (change-events reference, ``update`` event): before, ``a.b`` could be a path or a name."""
+
+
+def update_mode(cfg: MigrationConfig, source: MongoClient[Any]) -> str:
+    """The update mode the sync uses: the configured one, but ``lookup`` where ``delta`` is not safe."""
+    if cfg.sync.update_mode != "delta":
+        return "lookup"
+    try:
+        version = str(source.server_info().get("version", "0"))
+        have = tuple(int(p) for p in version.split(".")[:2])
+    except (PyMongoError, ValueError):
+        have = (0, 0)
+    if have < DELTA_MIN_VERSION:
+        log.warning(
+            "sync.update_mode delta needs a source of MongoDB 6.1 or newer (the source runs %s): updates are "
+            "looked up instead",
+            ".".join(map(str, have)),
+        )
+        return "lookup"
+    return "delta"
+
+
 @dataclass
 class _InFlight:
     """A batch handed to the applier thread: what to checkpoint once it is applied."""
@@ -203,9 +227,11 @@ class SyncRunner:
         self._changed = threading.Condition()
         self._last_fallback = -FALLBACK_SECONDS
         self._split: bool | None = None  # the source takes $changeStreamSplitLargeEvent (None: not asked yet)
+        self._raw_updates: bool | None = None  # the source takes showRawUpdateDescription (delta mode)
         self._budget = RetryBudget("sync", config.tuning.retry_attempts, config.tuning.retry_max_seconds, 0.5)
         self._applier: Applier | None = None
         self._sharded = False  # the source is a mongos (read at start): high-water marks are exclusive
+        self.update_mode = "lookup"  # what update events carry (sync.update_mode, read at start)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -280,6 +306,7 @@ class SyncRunner:
         self._budget.succeeded()
         st.failures = 0
         doc = self.store.load(self.name)
+        self.update_mode = update_mode(self.cfg, self.src)
         applier = Applier(
             self.dst,
             self.nsfilter,
@@ -288,6 +315,7 @@ class SyncRunner:
             excluded=frozenset(u["ns"] for u in doc.unsupported),
             shard_entries=list(self.cfg.sharding.shardingEntries),
             supporting_indexes=self.cfg.sharding.createSupportingIndexes,
+            update_mode=self.update_mode,
         )
         applier.halt = self.state.error  # aborted before it started
         applier.observer = self.observer
@@ -328,20 +356,31 @@ class SyncRunner:
         else:
             raise HistoryLostError(f"migration {self.name!r} has no change stream start point")
         batch = self.cfg.tuning.sync_batch_events
-        if self._split is not False:
+        lookup = self.update_mode == "lookup"
+        while True:
+            split, raw = self._split is not False, not lookup and self._raw_updates is not False
             try:
-                stream = _watch_raw(self.src, self.nsfilter, batch, kwargs, session, split=True)
-                self._split = True
-                return stream
-            except OperationFailure as exc:
-                if exc.code != UNRECOGNIZED_STAGE and "changeStreamSplitLargeEvent" not in str(exc):
-                    raise
-                self._split = False
-                log.warning(
-                    "the source does not split change events over 16 MB ($changeStreamSplitLargeEvent needs "
-                    "MongoDB 7.0 or 6.0.9): such an event will stop the sync with its namespace and _id"
+                stream = _watch_raw(
+                    self.src, self.nsfilter, batch, kwargs, session, split=split, lookup=lookup, raw_updates=raw
                 )
-        return _watch_raw(self.src, self.nsfilter, batch, kwargs, session, split=False)
+            except OperationFailure as exc:
+                if raw and "showRawUpdateDescription" in str(exc):
+                    self._raw_updates = False
+                    log.warning(
+                        "the source does not send updates as their oplog diffs (showRawUpdateDescription): an "
+                        "update that moves fields (a pipeline update) keeps the destination's field order"
+                    )
+                    continue
+                if split and (exc.code == UNRECOGNIZED_STAGE or "changeStreamSplitLargeEvent" in str(exc)):
+                    self._split = False
+                    log.warning(
+                        "the source does not split change events over 16 MB ($changeStreamSplitLargeEvent needs "
+                        "MongoDB 7.0 or 6.0.9): such an event will stop the sync with its namespace and _id"
+                    )
+                    continue
+                raise
+            self._split, self._raw_updates = split, raw or None
+            return stream
 
     def _follow(self, applier: Applier) -> None:
         """Read the stream and apply it in batches; a batch is applied while the next one is read.
@@ -580,6 +619,16 @@ class SyncRunner:
         return self.state.applied_time is not None and self.state.applied_time >= ts
 
 
+class _RawUpdatesStream(ClusterChangeStream[Any]):
+    """A cluster change stream whose update events carry ``rawUpdateDescription`` (the oplog entry's ``o``:
+    ``{$v: 2, diff}``) instead of ``updateDescription`` (change_stream_event_transform.cpp, MongoDB 6.0+)."""
+
+    def _change_stream_options(self) -> dict[str, Any]:
+        options = super()._change_stream_options()
+        options["showRawUpdateDescription"] = True
+        return options
+
+
 def _watch_raw(
     source: MongoClient[Any],
     nsfilter: NamespaceFilter,
@@ -590,14 +639,17 @@ def _watch_raw(
     split: bool,
     extra: list[dict[str, Any]] | None = None,
     lookup: bool = True,
+    raw_updates: bool = False,
 ) -> Any:
     """A cluster-wide change stream whose events (and documents) stay raw BSON.
 
-    ``split`` adds ``$changeStreamSplitLargeEvent`` (it must be the last stage).
+    ``split`` adds ``$changeStreamSplitLargeEvent`` (it must be the last stage).  ``raw_updates`` asks for
+    update events' oplog diffs (``showRawUpdateDescription``, MongoDB 6.0+; what mongosync reads), which say
+    which fields an update moved; ``lookup`` for the document with every update (``updateLookup``).
     """
     admin = source.get_database("admin", codec_options=EVENT_CODEC)
     pipeline = [nsfilter.change_stream_match(), *(extra or []), *([SPLIT_STAGE] if split else [])]
-    stream = ClusterChangeStream(
+    stream = (_RawUpdatesStream if raw_updates else ClusterChangeStream)(
         admin,
         pipeline,
         "updateLookup" if lookup else None,

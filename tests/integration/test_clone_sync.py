@@ -214,14 +214,25 @@ def test_namespace_filters_and_existing_destination(
     assert list(dst_client[dbname]["keep"].find()) == [{"_id": 1, "c": "keep"}]
 
 
+@pytest.mark.parametrize("update_mode", ["lookup", "delta"])
 def test_concurrent_writer_through_clone_and_sync(
-    pair: tuple[Deployment, Deployment], src_client: MongoClient, dst_client: MongoClient, dbname: str
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient,
+    dst_client: MongoClient,
+    dbname: str,
+    update_mode: str,
 ) -> None:
     seed_writer_data(src_client, dbname)
     src_client[dbname]["bulk"].insert_many([{"_id": i, "p": "q" * 200} for i in range(5000)])
-    writer = Writer(src_client, dbname)
+    writer = Writer(src_client, dbname, one_new_field=update_mode == "delta")
     writer.start()
-    cfg = make_config(pair[0].uri, pair[1].uri, dbname, tuning={"partition_docs": 500, "partitioning": "ranges"})
+    cfg = make_config(
+        pair[0].uri,
+        pair[1].uri,
+        dbname,
+        tuning={"partition_docs": 500, "partitioning": "ranges"},
+        sync={"update_mode": update_mode},
+    )
     with Migration(cfg, src_client, dst_client) as m:
         m.begin()
         m.clone()
@@ -231,7 +242,10 @@ def test_concurrent_writer_through_clone_and_sync(
         _drain(m, src_client)
         assert ops > 100
         assert_same_data(src_client, dst_client, [dbname])
-        m.runner.stop()  # type: ignore[union-attr]
+        assert m.runner is not None and m.runner.update_mode == update_mode
+        if update_mode == "delta":  # updates applied as their changes, not looked up
+            assert m.runner.state.stats.deltas > 50
+        m.runner.stop()
 
 
 def test_ddl_during_sync(
