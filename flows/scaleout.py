@@ -20,6 +20,7 @@ flow says so once as a warning and copies alone; a migrate *deployment* run with
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +32,7 @@ from tasks.errors import ConfigError
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
 
+log = logging.getLogger(__name__)
 DEPLOYMENT = "clone-worker/clone-worker"  # deployments/prefect.yaml: flow name / deployment name
 SETTLE_SECONDS = 5.0  # after the clone: how long a clone-worker run that is still running gets to end by itself
 POLL_SECONDS = 0.5
@@ -46,9 +48,14 @@ class Target:
 
 
 def _run_logger() -> Any:
+    """The flow run's logger (the run's log in the UI, and the terminal); this module's outside a run."""
     from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
 
-    return get_run_logger()
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return log
 
 
 def check_forwardable(config: str | dict[str, Any]) -> None:
@@ -69,7 +76,9 @@ def check_forwardable(config: str | dict[str, Any]) -> None:
             )
 
 
-def find_target(cfg: MigrationConfig, config: str | dict[str, Any], from_deployment: bool) -> Target | None:
+def find_target(
+    cfg: MigrationConfig, config: str | dict[str, Any], from_deployment: bool, deployment: str = DEPLOYMENT
+) -> Target | None:
     """The deployment and pool to start ``tuning.clone_workers`` runs on; None to copy alone.
 
     Raises ConfigError (one line) when the setup cannot work: secrets in the parameter, or a migrate
@@ -85,11 +94,11 @@ def find_target(cfg: MigrationConfig, config: str | dict[str, Any], from_deploym
 
     with get_client(sync_client=True) as client:
         try:
-            dep = client.read_deployment_by_name(DEPLOYMENT)
+            dep = client.read_deployment_by_name(deployment)
         except ObjectNotFound:
             if from_deployment:
                 raise ConfigError(
-                    f"tuning.clone_workers: {n}, but the deployment {DEPLOYMENT!r} is not registered on "
+                    f"tuning.clone_workers: {n}, but the deployment {deployment!r} is not registered on "
                     f"{client.api_url}: {REGISTER_HINT}"
                 ) from None
             _run_logger().warning(
@@ -97,19 +106,19 @@ def find_target(cfg: MigrationConfig, config: str | dict[str, Any], from_deploym
                 "deployment to start clone workers from; copying in this process alone (run the migrate deployment "
                 "on a work pool to share the copy)",
                 n,
-                DEPLOYMENT,
+                deployment,
             )
             return None
         pool = dep.work_pool_name
         if not pool:
             raise ConfigError(
-                f"tuning.clone_workers: the deployment {DEPLOYMENT!r} has no work pool to run on: {REGISTER_HINT}"
+                f"tuning.clone_workers: the deployment {deployment!r} has no work pool to run on: {REGISTER_HINT}"
             )
         try:
             client.read_work_pool(pool)
         except ObjectNotFound:
             raise ConfigError(
-                f"tuning.clone_workers: the work pool {pool!r} of the deployment {DEPLOYMENT!r} does not exist: "
+                f"tuning.clone_workers: the work pool {pool!r} of the deployment {deployment!r} does not exist: "
                 f"{REGISTER_HINT}"
             ) from None
         online = [w for w in client.read_workers_for_work_pool(pool) if w.status == WorkerStatus.ONLINE]
@@ -137,7 +146,7 @@ class CloneWorkers:
         ids = []
         for i in range(1, n + 1):
             run = run_deployment(
-                DEPLOYMENT,
+                target.deployment_id,
                 parameters={"config": config},
                 timeout=0,  # do not wait: the migrate flow copies meanwhile and waits for the plan to be done
                 as_subflow=True,  # shown under the migrate run in the UI; Prefect cancels it with its parent

@@ -10,6 +10,7 @@ copied again by the others, and the destination still equals the source byte for
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +26,9 @@ import yaml
 from pymongo import MongoClient
 
 from deployments import register
+from flows import scaleout
+from tasks.config import MigrationConfig, config_from_dict
+from tasks.errors import ConfigError
 from tasks.metadata import MetadataStore
 from tasks.state import Phase
 from tests.conftest import Deployment, requires_secantus
@@ -163,6 +167,80 @@ def _sub_runs(client: Any, parent: UUID) -> list[Any]:
 
 def _owner_pid(owner: str | None) -> int:
     return int((owner or "?:0").split(":")[1])
+
+
+def _cfg(clone_workers: int = 2) -> MigrationConfig:
+    return config_from_dict({"name": NAME, "link": "prod", "tuning": {"clone_workers": clone_workers}})
+
+
+def test_a_config_mapping_that_carries_a_secret_is_never_forwarded() -> None:
+    password = "hunter2-Pa55word"
+    for side, endpoint in [
+        ("source", {"uri": f"mongodb://u:{password}@db1:27017/"}),
+        (
+            "destination",
+            {"secret": "d", "atlas": {"project_id": "p", "cluster_name": "c", "api_private_key": password}},
+        ),
+    ]:
+        mapping = {"name": NAME, "link": "prod", side: endpoint}
+        with pytest.raises(ConfigError) as info:
+            scaleout.find_target(_cfg(), mapping, from_deployment=True)
+        assert password not in info.value.one_line() and side in info.value.one_line()
+    scaleout.check_forwardable({"name": NAME, "link": "prod"})  # a link or secret blocks: fine
+    scaleout.check_forwardable("migrations/orders.yaml")  # a path: the worker reads the file
+    assert scaleout.find_target(_cfg(0), {"name": NAME, "source": {"uri": "mongodb://u:p@h/"}}, True) is None
+
+
+def test_without_a_clone_worker_deployment_a_local_run_copies_alone_and_a_deployment_run_is_refused() -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("flows.scaleout").addHandler(handler)  # Prefect's logging setup keeps caplog out
+    absent = "clone-worker/not-registered"
+    try:
+        assert scaleout.find_target(_cfg(), "m.yaml", from_deployment=False, deployment=absent) is None
+    finally:
+        logging.getLogger("flows.scaleout").removeHandler(handler)
+    assert any("copying in this process alone" in r.getMessage() for r in records)
+    with pytest.raises(ConfigError) as info:
+        scaleout.find_target(_cfg(), "m.yaml", from_deployment=True, deployment=absent)
+    assert absent in str(info.value) and "deployments.register" in info.value.one_line()
+
+
+def test_a_clone_worker_deployment_with_no_work_pool_is_refused() -> None:
+    with _client() as client:
+        client.create_deployment(client.create_flow_from_name("clone-worker"), "scaleout-no-pool")
+    with pytest.raises(ConfigError) as info:
+        scaleout.find_target(_cfg(), "m.yaml", from_deployment=True, deployment="clone-worker/scaleout-no-pool")
+    assert "no work pool to run on" in str(info.value)
+
+
+def test_runs_nobody_picks_up_are_sub_runs_and_are_cancelled_after_the_clone() -> None:
+    """On a pool no worker polls: a warning, the runs stay Scheduled, and settle() cancels them."""
+    from prefect import flow
+
+    pool = "scaleout-idle-pool"
+    register.ensure_work_pool(pool)
+    with _client() as client:
+        client.create_deployment(client.create_flow_from_name("clone-worker"), "scaleout-idle", work_pool_name=pool)
+
+    @flow(name="scaleout-parent")
+    def parent() -> tuple[str, list[UUID], dict[str, int]]:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        assert ctx is not None and ctx.flow_run is not None
+        target = scaleout.find_target(_cfg(), "m.yaml", from_deployment=True, deployment="clone-worker/scaleout-idle")
+        assert target is not None and target.pool == pool
+        helpers = scaleout.CloneWorkers.start(target, _cfg(), "m.yaml")
+        return str(ctx.flow_run.id), helpers.run_ids, helpers.settle(grace_s=0.5)
+
+    parent_id, run_ids, counts = parent()
+    assert counts == {"Cancelled": 2}
+    with _client() as client:
+        subs = _sub_runs(client, UUID(parent_id))
+    assert {s.id for s in subs} == set(run_ids)
+    assert all(s.state.is_cancelled() and s.parameters["config"] == "m.yaml" for s in subs)
 
 
 def test_migrate_deployment_starts_clone_workers_that_share_the_copy_and_survive_a_lost_worker(
