@@ -297,33 +297,39 @@ def test_migrate_deployment_starts_clone_workers_that_share_the_copy_and_survive
             victim: Any = None
             runner_of: dict[UUID, int | None] = {}
 
+            def held_by(pid: int) -> set[str]:
+                rows = store.partitions.find({"migration": NAME, "status": "processing"}, {"owner": 1})
+                return {p["_id"] for p in rows if _owner_pid(p.get("owner")) == pid}
+
             def pick_victim() -> bool:
-                nonlocal victim
+                nonlocal victim, held
                 migrate = client.read_flow_run(run_id)
                 assert not migrate.state.is_final(), f"the migrate run ended early: {migrate.state}"
                 if _pid(migrate) is not None:
                     runner_of[run_id] = workers.which(_pid(migrate) or 0)
-                parts = list(store.partitions.find({"migration": NAME}, {"owner": 1, "status": 1}))
+                done = {
+                    _owner_pid(p.get("owner")) for p in store.partitions.find({"migration": NAME, "status": "done"})
+                }
                 for sub in _sub_runs(client, run_id):
                     pid = _pid(sub)
                     if pid is None or not sub.state.is_running():
                         continue
                     runner_of[sub.id] = workers.which(pid)
-                    mine = [p["status"] for p in parts if _owner_pid(p.get("owner")) == pid]
-                    if "done" in mine and "processing" in mine and runner_of[sub.id] != runner_of.get(run_id):
+                    if pid not in done or runner_of[sub.id] == runner_of.get(run_id):
+                        continue
+                    os.kill(pid, signal.SIGSTOP)  # frozen: what it holds now is what it holds when killed
+                    held = held_by(pid)
+                    if held:
                         victim = sub
                         return True
+                    os.kill(pid, signal.SIGCONT)  # between two partitions: let it claim the next one
                 return False
 
+            held: set[str] = set()
             assert wait_until(pick_victim, 90, 0.2), "no clone-worker run got to copy on the other worker"
             lost_pid = _pid(victim) or 0
             lost_worker = runner_of[victim.id]
             assert lost_worker is not None
-            held = {
-                p["_id"]
-                for p in store.partitions.find({"migration": NAME, "status": "processing"})
-                if _owner_pid(p.get("owner")) == lost_pid
-            }
             os.kill(lost_pid, signal.SIGKILL)
             os.killpg(workers.procs[lost_worker].pid, signal.SIGKILL)
             workers.procs[lost_worker].wait(10)
