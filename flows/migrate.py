@@ -426,7 +426,7 @@ def migrate_flow(
             cfg.name, lambda: live_status_markdown(describe(m.store, m.name), _rules(m), STATUS_SECONDS), STATUS_SECONDS
         ).start()
         if helpers_at is not None and m.store.load(cfg.name).phase == Phase.CLONING:
-            helpers = CloneWorkers.start(helpers_at, cfg, config)  # they claim partitions as this run does
+            helpers = CloneWorkers.start(helpers_at, cfg.tuning.clone_workers, cfg.name)  # they claim as this run does
         clone_stage(m, metrics)  # returns once every partition is done, whoever copied it
         if helpers is not None:
             helpers.settle()

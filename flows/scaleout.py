@@ -21,6 +21,7 @@ flow says so once as a warning and copies alone; a migrate *deployment* run with
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -45,6 +46,7 @@ class Target:
 
     deployment_id: UUID
     pool: str
+    config: str | dict[str, Any]  # the runs' `config` parameter
 
 
 def _run_logger() -> Any:
@@ -128,7 +130,13 @@ def find_target(
             pool,
             n,
         )
-    return Target(dep.id, pool)
+    if isinstance(config, str) and not from_deployment:
+        config = os.path.abspath(config)  # given relative to the terminal's directory, not the worker's checkout
+    return Target(dep.id, pool, config)
+
+
+def _why(exc: BaseException) -> str:
+    return type(exc).__name__  # never the message: an HTTP error may quote the request, parameters included
 
 
 class CloneWorkers:
@@ -138,23 +146,32 @@ class CloneWorkers:
         self.run_ids = run_ids
 
     @classmethod
-    def start(cls, target: Target, cfg: MigrationConfig, config: str | dict[str, Any]) -> CloneWorkers:
-        """Create ``tuning.clone_workers`` runs as sub-runs of the current flow run; return at once."""
+    def start(cls, target: Target, n: int, name: str) -> CloneWorkers:
+        """Create ``n`` runs as sub-runs of the current flow run and return at once.
+
+        Best effort: the setup was checked by :func:`find_target`; if the API fails now, the runs
+        started so far go on, and the migrate run copies what nobody else does (a warning says so).
+        """
         from prefect.deployments import run_deployment
 
-        n = cfg.tuning.clone_workers
-        ids = []
-        for i in range(1, n + 1):
-            run = run_deployment(
-                target.deployment_id,
-                parameters={"config": config},
-                timeout=0,  # do not wait: the migrate flow copies meanwhile and waits for the plan to be done
-                as_subflow=True,  # shown under the migrate run in the UI; Prefect cancels it with its parent
-                flow_run_name=f"{cfg.name}-clone-worker-{i}",
-                tags=["livemigrate", "clone", f"migration:{cfg.name}"],
+        ids: list[UUID] = []
+        try:
+            for i in range(1, n + 1):
+                run = run_deployment(
+                    target.deployment_id,
+                    parameters={"config": target.config},
+                    timeout=0,  # do not wait: the migrate flow copies meanwhile and waits for the plan to be done
+                    as_subflow=True,  # shown under the migrate run in the UI; Prefect cancels it with its parent
+                    flow_run_name=f"{name}-clone-worker-{i}",
+                    tags=["livemigrate", "clone", f"migration:{name}"],
+                )
+                ids.append(cast("FlowRun", run).id)  # called from sync code: the run, never a coroutine
+        except Exception as exc:  # noqa: BLE001 - more copiers are a speed-up; the migration goes on without them
+            _run_logger().warning(
+                "started %s of %s clone-worker runs (%s): this run copies what they do not", len(ids), n, _why(exc)
             )
-            ids.append(cast("FlowRun", run).id)  # called from sync code: the run, never a coroutine
-        _run_logger().info("started %s clone-worker runs on the work pool %r", n, target.pool)
+        else:
+            _run_logger().info("started %s clone-worker runs on the work pool %r", n, target.pool)
         return cls(ids)
 
     def _states(self, client: Any) -> dict[UUID, Any]:
@@ -164,29 +181,36 @@ class CloneWorkers:
         """After the clone (every partition done): wait briefly for the runs to end, cancel the rest.
 
         A run still Scheduled was never picked up by a worker, so it is cancelled at once; a running one
-        has nothing left to claim and normally ends within a second.  Returns the count per final state.
+        has nothing left to claim and normally ends within a second.  Returns the count per state.
+        Best effort: the clone is complete, so a Prefect API error here is a warning, never a failure.
         """
         from prefect.client.orchestration import get_client
 
         logger = _run_logger()
         deadline = time.monotonic() + grace_s
-        with get_client(sync_client=True) as client:
-            while True:
-                states = self._states(client)
-                waiting = [i for i, st in states.items() if st is not None and (st.is_running() or st.is_pending())]
-                if not waiting or time.monotonic() > deadline:
-                    break
-                time.sleep(POLL_SECONDS)
-            self._cancel(client, states, "the clone is complete")
-            counts: dict[str, int] = {}
-            for i, st in self._states(client).items():
-                name = st.name if st is not None else "Unknown"
-                counts[name] = counts.get(name, 0) + 1
-                if st is not None and (st.is_failed() or st.is_crashed()):
-                    logger.warning(
-                        "clone-worker run %s ended %s: the partitions it held were copied again by this run", i, name
-                    )
-        logger.info("clone-worker runs: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        counts: dict[str, int] = {}
+        try:
+            with get_client(sync_client=True) as client:
+                while True:
+                    states = self._states(client)
+                    waiting = [st for st in states.values() if st is not None and (st.is_running() or st.is_pending())]
+                    if not waiting or time.monotonic() > deadline:
+                        break
+                    time.sleep(POLL_SECONDS)
+                self._cancel(client, states, "the clone is complete")
+                for i, st in self._states(client).items():
+                    name = st.name if st is not None else "Unknown"
+                    counts[name] = counts.get(name, 0) + 1
+                    if st is not None and (st.is_failed() or st.is_crashed()):
+                        logger.warning(
+                            "clone-worker run %s ended %s: the partitions it held were copied again by the others",
+                            i,
+                            name,
+                        )
+        except Exception as exc:  # noqa: BLE001 - the clone is done whatever the runs' states say
+            logger.warning("could not settle the clone-worker runs (%s): cancel any left in the UI", _why(exc))
+            return counts
+        logger.info("clone-worker runs: %s", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none")
         return counts
 
     def cancel(self, why: str) -> None:
@@ -197,9 +221,7 @@ class CloneWorkers:
             with get_client(sync_client=True) as client:
                 self._cancel(client, self._states(client), why)
         except Exception as exc:  # noqa: BLE001 - the run's own outcome matters more than this cleanup
-            _run_logger().warning(
-                "could not cancel the clone-worker runs (%s): cancel them in the UI", type(exc).__name__
-            )
+            _run_logger().warning("could not cancel the clone-worker runs (%s): cancel them in the UI", _why(exc))
 
     def _cancel(self, client: Any, states: dict[UUID, Any], why: str) -> None:
         from prefect.states import Cancelling
