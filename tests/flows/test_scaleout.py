@@ -224,6 +224,9 @@ def test_runs_nobody_picks_up_are_sub_runs_and_are_cancelled_after_the_clone() -
     with _client() as client:
         client.create_deployment(client.create_flow_from_name("clone-worker"), "scaleout-idle", work_pool_name=pool)
 
+    local = scaleout.find_target(_cfg(), "m.yaml", from_deployment=False, deployment="clone-worker/scaleout-idle")
+    assert local is not None and local.config == str(Path.cwd() / "m.yaml")  # a terminal's relative path: absolute
+
     @flow(name="scaleout-parent")
     def parent() -> tuple[str, list[UUID], dict[str, int]]:
         from prefect.context import FlowRunContext
@@ -232,7 +235,8 @@ def test_runs_nobody_picks_up_are_sub_runs_and_are_cancelled_after_the_clone() -
         assert ctx is not None and ctx.flow_run is not None
         target = scaleout.find_target(_cfg(), "m.yaml", from_deployment=True, deployment="clone-worker/scaleout-idle")
         assert target is not None and target.pool == pool
-        helpers = scaleout.CloneWorkers.start(target, _cfg(), "m.yaml")
+        assert target.config == "m.yaml"  # a deployment's run: the path as given, read in the worker's checkout
+        helpers = scaleout.CloneWorkers.start(target, 2, NAME)
         return str(ctx.flow_run.id), helpers.run_ids, helpers.settle(grace_s=0.5)
 
     parent_id, run_ids, counts = parent()
@@ -310,11 +314,11 @@ def test_migrate_deployment_starts_clone_workers_that_share_the_copy_and_survive
                 done = {
                     _owner_pid(p.get("owner")) for p in store.partitions.find({"migration": NAME, "status": "done"})
                 }
-                for sub in _sub_runs(client, run_id):
-                    pid = _pid(sub)
-                    if pid is None or not sub.state.is_running():
-                        continue
-                    runner_of[sub.id] = workers.which(pid)
+                running = [s for s in _sub_runs(client, run_id) if _pid(s) is not None and s.state.is_running()]
+                for sub in running:
+                    runner_of[sub.id] = workers.which(_pid(sub) or 0)
+                for sub in running:
+                    pid = _pid(sub) or 0
                     if pid not in done or runner_of[sub.id] == runner_of.get(run_id):
                         continue
                     os.kill(pid, signal.SIGSTOP)  # frozen: what it holds now is what it holds when killed
@@ -335,7 +339,13 @@ def test_migrate_deployment_starts_clone_workers_that_share_the_copy_and_survive
             workers.procs[lost_worker].wait(10)
             killed_at = time.monotonic() - t0
 
-            assert wait_until(lambda: store.load(NAME).phase != Phase.CLONING, 120, 0.3), "the clone did not finish"
+            def cloned() -> bool:
+                for sub in _sub_runs(client, run_id):  # a run that starts after the kill: which worker runs it
+                    if _pid(sub) is not None and sub.state.is_running() and sub.id not in runner_of:
+                        runner_of[sub.id] = workers.which(_pid(sub) or 0)
+                return store.load(NAME).phase != Phase.CLONING
+
+            assert wait_until(cloned, 120, 0.3), "the clone did not finish"
             configure_fail_command(dst_client, "off")
             cloned_at = time.monotonic() - t0
 
@@ -382,7 +392,7 @@ def test_migrate_deployment_starts_clone_workers_that_share_the_copy_and_survive
     assert by_pid.get(lost_pid, 0) >= 1, "the lost run's finished partitions stay its own"
     # Each worker machine copied some: the lost one (before it was lost) and the one that stayed.
     copied_on = {runner_of.get(r.id) for r in [client_dep, *subs] if _pid(r) in by_pid}
-    assert copied_on == {0, 1}, (copied_on, runner_of, by_pid)
+    assert {0, 1} <= copied_on, (copied_on, runner_of, by_pid)
     print(
         f"scale-out: {len(parts)} partitions by process {by_pid}; lost worker {lost_worker} killed at {killed_at:.1f} s"
         f" holding {len(held)}; clone done at {cloned_at:.1f} s; paused at {paused_at:.1f} s; complete at {done_at:.1f} s; sub-runs {[(s.name, s.state_name) for s in subs]}"
