@@ -27,6 +27,7 @@ from flows.artifacts import CloneProgressArtifact, LiveStatus, artifact_key, mar
 from flows.common import config_param
 from flows.headstart import ENGINE_LOGGERS, HeadStart, claim
 from flows.metrics import Metrics
+from flows.scaleout import CloneWorkers, find_target
 from flows.status import cutover_plan_markdown, live_status_markdown, status_markdown
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
@@ -393,6 +394,9 @@ def migrate_flow(
     cfg = config_param(config)
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    # Before anything starts: a scale-out that cannot work is a one-line error (flows/scaleout.py).
+    helpers_at = find_target(cfg, config, from_deployment=bool(ctx and ctx.flow_run and ctx.flow_run.deployment_id))
+    helpers: CloneWorkers | None = None
     head = claim(cfg)  # `livemigrate migrate` began the engine's first steps while Prefect came up (flows/headstart.py)
     m = head.migration() if head is not None else Migration(cfg)
     metrics = Metrics()
@@ -421,7 +425,11 @@ def migrate_flow(
         live = LiveStatus(
             cfg.name, lambda: live_status_markdown(describe(m.store, m.name), _rules(m), STATUS_SECONDS), STATUS_SECONDS
         ).start()
-        clone_stage(m, metrics)
+        if helpers_at is not None and m.store.load(cfg.name).phase == Phase.CLONING:
+            helpers = CloneWorkers.start(helpers_at, cfg.tuning.clone_workers, cfg.name)  # they claim as this run does
+        clone_stage(m, metrics)  # returns once every partition is done, whoever copied it
+        if helpers is not None:
+            helpers.settle()
         interrupted = m.interrupted_cutover()
         if interrupted is not None:
             # An approved cutover whose process stopped: carry it on, do not ask again.
@@ -456,6 +464,8 @@ def migrate_flow(
             _failure_outcome(m, exc, config)
         raise
     finally:
+        if helpers is not None:
+            helpers.cancel("the migrate run stopped before its clone was complete")  # no-op once they ended
         for lg in engine_loggers:
             lg.removeHandler(bridge)
         doc = m.store.get(cfg.name)

@@ -178,6 +178,13 @@ class SyncOptions(_Strict):
 
 class Tuning(_Strict):
     workers: int = Field(default=4, ge=1, le=64)
+    clone_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="clone-worker flow runs the migrate flow starts on the clone-worker deployment's work pool, "
+        "so Prefect workers on other machines share the copy (0: the migrate flow copies alone)",
+    )
     batch_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024, le=47 * 1024 * 1024)
     partition_docs: int = Field(default=50_000, ge=100)
     partitioning: Literal["auto", "ranges", "whole"] = Field(

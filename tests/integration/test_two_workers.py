@@ -61,3 +61,35 @@ def test_two_worker_processes_share_one_plan(
         m.clone()  # finishes: indexes, views, phase -> syncing (nothing left to copy)
         assert m.store.load("scaleout").phase == Phase.SYNCING
     assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_a_worker_lost_on_another_machine_is_taken_over_once_its_lease_runs_out(
+    dst_client: MongoClient, dbname: str
+) -> None:
+    """Another host's process cannot be seen to die: its partitions wait for their lease, then are claimed again.
+
+    (On this host a dead owner's pid is proof enough: tests/flows/test_scaleout.py kills one.)
+    """
+    import time
+
+    from tasks.metadata import MetadataStore
+    from tasks.state import Partition
+
+    store = MetadataStore(dst_client)
+    name = f"lease-{dbname}"[:60]
+    store.add_partitions(
+        [
+            Partition(_id=f"{name}|{dbname}.c|{i:06d}", migration=name, ns=f"{dbname}.c", seq=i, types=["*"])
+            for i in range(2)
+        ]
+    )
+    elsewhere = "another-host/4026531836:4242:0badc0de"  # a live lease on a machine we cannot look into
+    lost = store.claim_partitions(name, elsewhere, lease_s=1.5, max_docs=10)
+    assert [p.seq for p in lost] == [0, 1]
+    assert store.claim_partitions(name, "me", lease_s=60, max_docs=10) == []  # the lease still holds
+    time.sleep(1.6)
+    taken = [store.claim_partitions(name, "me", lease_s=60, max_docs=10) for _ in range(3)]
+    got = [p for batch in taken for p in batch]
+    assert sorted(p.seq for p in got) == [0, 1]  # one at a time, each once
+    assert all(p.owner == "me" and p.attempts == 2 for p in got)
+    store.partitions.delete_many({"migration": name})
