@@ -1,9 +1,12 @@
 """The migrator as its own process, for the memory and sync benchmarks: the engine driven as a flow would.
 
 usage: python -m bench.engine_proc CONFIG.yaml MODE
-  MODE clone - begin and clone, print one JSON line (documents, seconds, peak RSS), exit
+  MODE clone - begin and clone, print one JSON line (documents, seconds, CPU seconds, peak RSS), exit
   MODE sync  - begin, clone, start the sync, print SYNCING; when stdin closes, stop the sync,
                print one JSON line (events applied, peak RSS, error) and exit
+
+The clone's CPU seconds (user + system, every thread of this process) are the migrator's own cost of the
+copy; the sync's are read from outside (``cpu_seconds(pid)``) over the window the benchmark writes in.
 
 Why: peak RSS must be the migrator's alone (not the benchmark's, which holds
 batches in memory), and the sync's lag must be measured from outside the
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -30,6 +35,19 @@ def vm_kb(field: str) -> int:
     return 0
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all threads), from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 (state) is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_config(argv[1])
@@ -38,9 +56,14 @@ def main(argv: list[str]) -> int:
     out: dict[str, object] = {"mode": mode}
     with Migration(cfg) as m:
         m.begin()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), own_cpu_seconds()
         stats = m.clone()
-        out.update(docs=stats.docs, bytes=stats.bytes, clone_seconds=round(time.perf_counter() - t0, 3))
+        out.update(
+            docs=stats.docs,
+            bytes=stats.bytes,
+            clone_seconds=round(time.perf_counter() - t0, 3),
+            clone_cpu_seconds=round(own_cpu_seconds() - cpu0, 3),
+        )
         if mode == "sync":
             runner = m.start_sync()
             print("SYNCING", flush=True)
