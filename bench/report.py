@@ -475,6 +475,11 @@ def _migrator_cpu(cpu: dict[str, Any], levels: list[dict[str, Any]]) -> list[str
         f"{c['one_core_per_s']:,} docs/s), sync **{y['cpu_s_per_100k']} CPU s per 100k events** (target <= 5 s; "
         f"one core: {y['one_core_per_s']:,} events/s).",
     ]
+    if parts := y.get("parts_s_per_100k"):
+        out[-1] += (
+            " The sync's CPU s per 100k events by the threads that spent it (the migrator's own thread CPU clocks "
+            "over the same window): " + ", ".join(f"{k} {v}" for k, v in parts.items()) + "."
+        )
     return out
 
 

@@ -23,6 +23,7 @@ import json
 import logging
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -211,6 +212,7 @@ def level(
         _wait(lambda: (poller.applied() or Timestamp(0, 0)) >= start_point, 60, "the sync to catch up")
         events_before = poller.samples[-1][2]
         cpu_before = cpu_seconds(proc.pid)
+        proc.send_signal(signal.SIGUSR1)  # the migrator notes its threads' CPU: which part spends what
         t_write = time.perf_counter()
         sent = write_at_rate(sv.src, db, Mix(seed_docs, seed=31 + k), rate, seconds)
         write_seconds = time.perf_counter() - t_write
@@ -219,6 +221,7 @@ def level(
         drained = _wait(lambda: (poller.applied() or Timestamp(0, 0)) >= last, max(30.0, seconds), None)
         drain_seconds = time.perf_counter() - t_stop
         migrator_cpu = cpu_seconds(proc.pid) - cpu_before
+        proc.send_signal(signal.SIGUSR2)
         events_after = poller.samples[-1][2]
     finally:
         poller.stop_event.set()
@@ -242,6 +245,7 @@ def level(
     out["migrator_cpu"] = migrator_cpu_figures(
         final.get("docs", 0), final.get("clone_cpu_seconds", 0.0), events_after - events_before, migrator_cpu
     )
+    out["migrator_cpu"]["sync"]["parts"] = final.get("sync_cpu_by_part", {})
     return out
 
 
@@ -352,6 +356,12 @@ def run(
         units = sum(lv["migrator_cpu"][part][unit] for lv in levels)
         seconds = sum(lv["migrator_cpu"][part]["cpu_seconds"] for lv in levels)
         cpu[part] = {unit: units, "cpu_seconds": round(seconds, 3), **per_100k(seconds, units)}
+    parts: dict[str, float] = {}
+    for lv in levels:
+        for k, v in lv["migrator_cpu"]["sync"].get("parts", {}).items():
+            parts[k] = parts.get(k, 0.0) + v
+    events = cpu["sync"]["events"]
+    cpu["sync"]["parts_s_per_100k"] = {k: round(v / events * 100_000, 3) if events else 0.0 for k, v in parts.items()}
     sustained = [lv for lv in levels if lv["sustained"]]
     best = max(sustained, key=lambda lv: lv["achieved_ops_per_s"]) if sustained else None
     half = min(levels, key=lambda lv: abs(lv["fraction"] - 0.5))

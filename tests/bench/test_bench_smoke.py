@@ -67,6 +67,7 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     for part in ("clone", "sync"):
         assert _positive(sync["migrator_cpu"][part]["cpu_s_per_100k"]), part
         assert _positive(sync["migrator_cpu"][part]["one_core_per_s"]), part
+    assert set(sync["migrator_cpu"]["sync"]["parts_s_per_100k"]) == {"reader", "applier", "verification", "other"}
     assert "### The migrator's own CPU" in (tmp_path / "RESULTS.md").read_text()
 
     verify = r["verify"]
