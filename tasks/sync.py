@@ -239,6 +239,8 @@ class _InFlight:
 class SyncRunner:
     """Applies the change stream until stopped; safe to run in a background thread."""
 
+    _handed = 0.0  # when the last batch was handed to the applier (time.monotonic); set per instance once it is
+
     def __init__(
         self,
         config: MigrationConfig,
@@ -269,7 +271,6 @@ class SyncRunner:
         self._budget = RetryBudget("sync", config.tuning.retry_attempts, config.tuning.retry_max_seconds, 0.5)
         self._applier: Applier | None = None
         self._sharded = False  # the source is a mongos (read at start): high-water marks are exclusive
-        self._handed = 0.0  # when the last batch was handed to the applier (time.monotonic)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
