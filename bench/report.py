@@ -43,6 +43,8 @@ TARGETS = (
     Target(
         "first_document_vs_engine", "time to the first document: `livemigrate migrate` vs the engine alone", 1.25, False
     ),
+    Target("clone_cpu_per_100k_docs", "migrator CPU s per 100k cloned documents (~1 KB)", 2.0, False),
+    Target("sync_cpu_per_100k_events", "migrator CPU s per 100k applied change events", 5.0, False),
 )
 
 
@@ -55,6 +57,9 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
     if s := results.get("sync"):
         out["sync_sustained_vs_capacity"] = s["ratio_sustained_to_capacity"]
         out["sync_p99_lag_at_half_capacity_s"] = s["half_capacity_level"]["lag_p99_s"]
+        if cpu := s.get("migrator_cpu"):
+            out["clone_cpu_per_100k_docs"] = cpu["clone"]["cpu_s_per_100k"]
+            out["sync_cpu_per_100k_events"] = cpu["sync"]["cpu_s_per_100k"]
     if v := results.get("verify"):
         out["verify_vs_raw_scan"] = v["ratio_vs_raw_scan"]
     if m := results.get("memory"):
@@ -433,6 +438,48 @@ def _sync(s: dict[str, Any] | None) -> list[str]:
         f"**{s['ratio_sustained_to_capacity']}x** capacity (target >= 0.7). At {h['fraction']}x capacity: "
         f"lag p50 {h['lag_p50_s']} s, p99 **{h['lag_p99_s']} s** (target < 2 s).",
     ]
+    if cpu := s.get("migrator_cpu"):
+        out += _migrator_cpu(cpu, s["levels"])
+    return out
+
+
+def _migrator_cpu(cpu: dict[str, Any], levels: list[dict[str, Any]]) -> list[str]:
+    c, y = cpu["clone"], cpu["sync"]
+    out = [
+        "",
+        "### The migrator's own CPU",
+        "",
+        "CPU seconds (user + system, every thread) of the migrator process of the runs above: over its clone of "
+        "the seeded documents (the same ~1 KB documents, measured inside the process around `Migration.clone`, "
+        "planning and index builds included) and over the writer's window until the backlog drained (read from "
+        "`/proc/<pid>/stat`: reading the stream, applying, checkpoints, lag). *One core* is what that cost "
+        "projects as the most one core could push if the servers kept up (100,000 / CPU s per 100k).",
+        "",
+        _row("x capacity", "documents cloned", "clone CPU s", "events applied", "sync CPU s"),
+        _row(*["---"] * 5),
+    ]
+    for lv in levels:
+        m = lv["migrator_cpu"]
+        out.append(
+            _row(
+                lv["fraction"],
+                m["clone"]["docs"],
+                m["clone"]["cpu_seconds"],
+                m["sync"]["events"],
+                m["sync"]["cpu_seconds"],
+            )
+        )
+    out += [
+        "",
+        f"All runs together: clone **{c['cpu_s_per_100k']} CPU s per 100k documents** (target <= 2 s; one core: "
+        f"{c['one_core_per_s']:,} docs/s), sync **{y['cpu_s_per_100k']} CPU s per 100k events** (target <= 5 s; "
+        f"one core: {y['one_core_per_s']:,} events/s).",
+    ]
+    if parts := y.get("parts_s_per_100k"):
+        out[-1] += (
+            " The sync's CPU s per 100k events by the threads that spent it (the migrator's own thread CPU clocks "
+            "over the same window): " + ", ".join(f"{k} {v}" for k, v in parts.items()) + "."
+        )
     return out
 
 

@@ -8,6 +8,12 @@ write batch is the time from just before it was sent to the source until the
 migrator's checkpoint (written only after the batch is applied) covers its
 operation time, polled every 50 ms.  The rate is a fraction of the
 destination's capacity for the same mix sent directly as ``bulk_write``.
+
+The migrator's own cost is measured on the same runs: its process's CPU
+seconds (user + system, all threads) over the clone of the seeded documents
+(inside the process) and over the writer's window until the backlog drained
+(from /proc, outside it), per 100,000 documents and events, and what one
+core could therefore push when the servers keep up.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import queue
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -32,6 +39,7 @@ from pymongo import DeleteOne, InsertOne, MongoClient, UpdateOne
 
 from bench.common import Servers, config_dict, drop_databases, median, percentile, ratio, reset_destination
 from bench.data import SEED_BATCH, WORDS, CollectionShape, create_indexes, insert_batches, raw_docs
+from bench.engine_proc import cpu_seconds
 from flows.localservers import REPO_ROOT
 from tasks.config import METADATA_DB
 from tasks.mongo import RAW, latest_optime
@@ -203,6 +211,8 @@ def level(
         start_point = latest_optime(sv.src)
         _wait(lambda: (poller.applied() or Timestamp(0, 0)) >= start_point, 60, "the sync to catch up")
         events_before = poller.samples[-1][2]
+        cpu_before = cpu_seconds(proc.pid)
+        proc.send_signal(signal.SIGUSR1)  # the migrator notes its threads' CPU: which part spends what
         t_write = time.perf_counter()
         sent = write_at_rate(sv.src, db, Mix(seed_docs, seed=31 + k), rate, seconds)
         write_seconds = time.perf_counter() - t_write
@@ -210,6 +220,9 @@ def level(
         t_stop = time.perf_counter()
         drained = _wait(lambda: (poller.applied() or Timestamp(0, 0)) >= last, max(30.0, seconds), None)
         drain_seconds = time.perf_counter() - t_stop
+        migrator_cpu = cpu_seconds(proc.pid) - cpu_before
+        proc.send_signal(signal.SIGUSR2)
+        events_after = poller.samples[-1][2]
     finally:
         poller.stop_event.set()
         if proc.stdin:
@@ -228,7 +241,26 @@ def level(
     poller.join(5)
     drop_databases(sv.src, db)
     reset_destination(sv, db)
-    return summarize(rate, sent, poller.samples, write_seconds, drain_seconds, drained, events_before, final)
+    out = summarize(rate, sent, poller.samples, write_seconds, drain_seconds, drained, events_before, final)
+    out["migrator_cpu"] = migrator_cpu_figures(
+        final.get("docs", 0), final.get("clone_cpu_seconds", 0.0), events_after - events_before, migrator_cpu
+    )
+    out["migrator_cpu"]["sync"]["parts"] = final.get("sync_cpu_by_part", {})
+    return out
+
+
+def per_100k(cpu: float, units: int) -> dict[str, float]:
+    """CPU seconds per 100,000 units, and the units per second one core could push at that cost."""
+    s = cpu / units * 100_000 if units else 0.0
+    return {"cpu_s_per_100k": round(s, 3), "one_core_per_s": round(100_000 / s) if s else 0.0}
+
+
+def migrator_cpu_figures(docs: int, clone_cpu: float, events: int, sync_cpu: float) -> dict[str, Any]:
+    """The migrator process's CPU over the clone (``docs``) and over the writer's window (``events`` applied)."""
+    return {
+        "clone": {"docs": docs, "cpu_seconds": round(clone_cpu, 3), **per_100k(clone_cpu, docs)},
+        "sync": {"events": events, "cpu_seconds": round(sync_cpu, 3), **per_100k(sync_cpu, events)},
+    }
 
 
 def summarize(
@@ -319,6 +351,17 @@ def run(
             log.info("sync at %.2f x capacity: %s", f, res)
             if res["sustained"]:
                 break
+    cpu: dict[str, Any] = {}
+    for part, unit in (("clone", "docs"), ("sync", "events")):
+        units = sum(lv["migrator_cpu"][part][unit] for lv in levels)
+        seconds = sum(lv["migrator_cpu"][part]["cpu_seconds"] for lv in levels)
+        cpu[part] = {unit: units, "cpu_seconds": round(seconds, 3), **per_100k(seconds, units)}
+    parts: dict[str, float] = {}
+    for lv in levels:
+        for k, v in lv["migrator_cpu"]["sync"].get("parts", {}).items():
+            parts[k] = parts.get(k, 0.0) + v
+    events = cpu["sync"]["events"]
+    cpu["sync"]["parts_s_per_100k"] = {k: round(v / events * 100_000, 3) if events else 0.0 for k, v in parts.items()}
     sustained = [lv for lv in levels if lv["sustained"]]
     best = max(sustained, key=lambda lv: lv["achieved_ops_per_s"]) if sustained else None
     half = min(levels, key=lambda lv: abs(lv["fraction"] - 0.5))
@@ -330,6 +373,7 @@ def run(
         "highest_sustained_ops_per_s": best["achieved_ops_per_s"] if best else 0.0,
         "highest_sustained_fraction": best["fraction"] if best else 0.0,
         "ratio_sustained_to_capacity": ratio(best["achieved_ops_per_s"], c) if best else 0.0,
+        "migrator_cpu": cpu,  # every level's clone and writer window together
         "half_capacity_level": {
             "fraction": half["fraction"],
             "lag_p50_s": half["lag_p50_s"],

@@ -11,8 +11,12 @@ after every batch that is applied and checkpointed.  A stop (``stop()``, also
 what SIGTERM leads to) lets the batch in hand finish and checkpoint first.
 Reading and applying overlap: while one batch is applied (by a second thread,
 batches strictly one after another) the next is read, and it is handed over
-as soon as the applier is free, so under load the batches grow and when the
-load is light they stay small and the lag low.
+as soon as the applier is free (at most every HAND_OVER_SECONDS), so under
+load the batches grow and when the load is light they stay small and the lag
+low.  The stream is read without waste: at most one getMore per
+READ_PACE_SECONDS while a batch holds events, and the events a reply brought
+are taken together; events stay raw BSON (``RawEvent``) and are decoded one
+level, on first access.
 
 "Applied through T" means every event at or before cluster time T is applied.  Events share a
 cluster time (a transaction's events, on MongoDB 8.0 unrelated ones too: change-events reference,
@@ -35,7 +39,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from bson import CodecOptions
+from bson import CodecOptions, _raw_to_dict
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import MongoClient
@@ -56,10 +60,69 @@ from tasks.syncstatus import FCVWatch, SyncState, SyncStatus, catch_up_estimate,
 
 log = logging.getLogger(__name__)
 
-EVENT_CODEC = CodecOptions(document_class=RawBSONDocument)
+
+class RawEvent(RawBSONDocument):
+    """A change event, or a document inside one, as raw BSON: a ``RawBSONDocument`` that costs less to make and read.
+
+    Every event of a reply, and every document inside an event that is read (``ns``, ``documentKey``,
+    ``fullDocument``, ...), is built by the BSON decoder calling the document class.  ``RawBSONDocument``
+    checks its codec options with an ABC subclass test and its size on each of them (about 12 per event of
+    the benchmark's mix); the decoder has already checked the size of every document it cuts out of a reply,
+    so this class only stores the bytes.  Fields are decoded one level, once, on first access, as
+    ``RawBSONDocument`` does, but read from that dict directly (not through ``Mapping.get``).  The bytes are
+    the same, so a ``RawEvent`` is written wherever a ``RawBSONDocument`` is (``fullDocument`` goes out as
+    it came in).  Measured: bench/NOTES.md, round 3.
+    """
+
+    __slots__ = ()
+    # RawBSONDocument's own slots, by their mangled names
+    _RawBSONDocument__raw: bytes | memoryview
+    _RawBSONDocument__inflated_doc: dict[str, Any] | None
+    _RawBSONDocument__codec_options: CodecOptions[Any]
+
+    def __init__(self, bson_bytes: bytes | memoryview, codec_options: CodecOptions[Any] | None = None) -> None:
+        self._RawBSONDocument__raw = bson_bytes
+        self._RawBSONDocument__inflated_doc = None
+        self._RawBSONDocument__codec_options = codec_options or EVENT_CODEC
+
+    def _fields(self) -> dict[str, Any]:
+        d: dict[str, Any] | None = self._RawBSONDocument__inflated_doc
+        if d is None:
+            raw = self._RawBSONDocument__raw
+            d = self._RawBSONDocument__inflated_doc = _raw_to_dict(
+                raw, 4, len(raw) - 1, self._RawBSONDocument__codec_options, {}
+            )
+        return d
+
+    def __getitem__(self, key: str) -> Any:
+        d = self._RawBSONDocument__inflated_doc
+        return (self._fields() if d is None else d)[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        d = self._RawBSONDocument__inflated_doc
+        return (self._fields() if d is None else d).get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._fields()
+
+
+EVENT_CODEC: CodecOptions[Any] = CodecOptions(document_class=RawEvent)
 COLLECT_SECONDS = 0.5
 """How long the loop collects events into one batch at most.  Shorter batches (0.1-0.5 s, following the
 last apply time) measured slower on the test servers: lag p50 2.9 s against 1.7 s at half the capacity."""
+READ_PACE_SECONDS = 0.05
+"""At most one getMore per this long while a batch is collected and holds events.  A server answers a
+getMore as soon as it has any event, so a stream read at once after every reply asked about 150 times a
+second for about 6 events each at 900 writes/s (the benchmark's sync at half the capacity), and each
+getMore costs the migrator about 0.2 ms of CPU: 40% of its CPU went to asking.  Waiting lets the events
+gather on the server; the wait ends as soon as the applier is free (the batch is handed over as before),
+and while the applier is idle the collection still ends within COLLECT_SECONDS.  A reply that leaves
+events unread is not paced: a backlog is read at full speed.  Measured: bench/NOTES.md, round 3."""
+HAND_OVER_SECONDS = 0.1
+"""A batch is handed to the applier at most this often while the applier is busy (it waits for the
+applier in any case).  Every batch costs the migrator about 1.3 ms of CPU whatever its size (a bulk write
+per lane, a checkpoint, the lag), so handing over the moment the applier was free made batches of a few
+events once the reading got cheaper.  Measured: bench/NOTES.md, round 3."""
 FALLBACK_SECONDS = 5.0
 """How often the source's oplog may be read for its latest write when replies carry no operationTime."""
 BLOCKED_MEASURE_SECONDS = 1.0
@@ -199,6 +262,8 @@ class _InFlight:
 
 class SyncRunner:
     """Applies the change stream until stopped; safe to run in a background thread."""
+
+    _handed = 0.0  # when the last batch was handed to the applier (time.monotonic); set per instance once it is
 
     def __init__(
         self,
@@ -411,6 +476,7 @@ class SyncRunner:
                     if self.state.error is not None:
                         return  # aborted (the lock is lost): what was collected is not applied
                     if batch:
+                        self._handed = time.monotonic()
                         through = self._through(batch[-1].get("clusterTime"), seen)
                         inflight = _InFlight(
                             pool.submit(applier.apply, batch, self.state.stats),
@@ -448,22 +514,37 @@ class SyncRunner:
 
         Returns the events and whether the stream answered "nothing more" (an empty getMore).  While the
         batch in flight takes long (an index build), the lag is measured meanwhile from the replies'
-        operationTime: it grows, and readiness drops once it passes the bound.
+        operationTime: it grows, and readiness drops once it passes the bound.  Once the batch holds events
+        and every event read so far is taken, the next getMore waits until READ_PACE_SECONDS after the last
+        one (or until the applier is free): see READ_PACE_SECONDS.
         """
         batch: list[Any] = []
         started = time.monotonic()
         deadline = started + COLLECT_SECONDS
+        hand_at = self._handed + HAND_OVER_SECONDS  # the earliest time a busy applier's successor is handed over
         measured = started
+        next_read = started  # the earliest time of the next getMore once the batch holds events
         # A stop request ends the collection early: what is in hand is applied and checkpointed.
         while len(batch) < limit and not self.stop_event.is_set():
+            now = time.monotonic()
             if inflight is not None:
-                if batch and inflight.future.done():
+                if batch and now >= hand_at and inflight.future.done():
                     break  # the applier is free: hand it what there is
-                if time.monotonic() - measured >= BLOCKED_MEASURE_SECONDS:
-                    measured = time.monotonic()
+                if now - measured >= BLOCKED_MEASURE_SECONDS:
+                    measured = now
                     self._observe(session.operation_time, False)
-            elif time.monotonic() >= deadline:
+            elif now >= deadline:
                 break
+            if batch and _buffered(stream) == 0 and now < next_read:  # the next read would ask the server
+                if inflight is None:
+                    self.stop_event.wait(min(next_read, deadline) - now)
+                elif inflight.future.done():
+                    self.stop_event.wait(min(next_read, hand_at) - now)
+                else:
+                    wait([inflight.future], timeout=next_read - now)
+                continue
+            if _buffered(stream) == 0:
+                next_read = now + READ_PACE_SECONDS
             cursor = getattr(stream, "_cursor", None)
             ev = self._next(stream)
             if ev is None:
@@ -471,6 +552,11 @@ class SyncRunner:
                 # last event read (perhaps mid-transaction): it proves nothing about what follows.
                 return batch, getattr(stream, "_cursor", None) is cursor
             batch.append(ev)
+            # The rest of this reply is already here: no getMore, nothing to wait for between its events.
+            while len(batch) < limit and _buffered(stream):
+                if (ev := self._next(stream)) is None:
+                    break
+                batch.append(ev)
         return batch, False
 
     def _next(self, stream: Any) -> Any:
@@ -617,6 +703,16 @@ class SyncRunner:
     def applied_through(self, ts: Timestamp) -> bool:
         """Every event at or before cluster time ``ts`` is applied (whole transactions included)."""
         return self.state.applied_time is not None and self.state.applied_time >= ts
+
+
+def _buffered(stream: Any) -> int | None:
+    """How many events pymongo has read from the server and not yet handed out (None: unknown, never paced).
+
+    pymongo keeps a reply's events in its cursor (``ChangeStream._cursor._data``, not public API; pinned by
+    requirements.lock): a read with none left sends a getMore.
+    """
+    data = getattr(getattr(stream, "_cursor", None), "_data", None)
+    return len(data) if data is not None else None
 
 
 class _RawUpdatesStream(ClusterChangeStream[Any]):

@@ -61,6 +61,14 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     assert _positive(sync["half_capacity_level"]["lag_p99_s"])
     assert level["events_applied"] > 0 and not level["migrator_error"]
     assert {"highest_sustained_ops_per_s", "ratio_sustained_to_capacity"} <= sync.keys()
+    cpu = level["migrator_cpu"]  # the migrator process's own CPU over its clone and over the writer's window
+    assert cpu["clone"]["docs"] == r["sizes"]["sync_seed_docs"] and _positive(cpu["clone"]["cpu_seconds"])
+    assert 0 < cpu["sync"]["events"] <= level["events_applied"] and _positive(cpu["sync"]["cpu_seconds"])
+    for part in ("clone", "sync"):
+        assert _positive(sync["migrator_cpu"][part]["cpu_s_per_100k"]), part
+        assert _positive(sync["migrator_cpu"][part]["one_core_per_s"]), part
+    assert set(sync["migrator_cpu"]["sync"]["parts_s_per_100k"]) == {"reader", "applier", "verification", "other"}
+    assert "### The migrator's own CPU" in (tmp_path / "RESULTS.md").read_text()
 
     verify = r["verify"]
     assert _positive(verify["verify_docs_per_s"]) and _positive(verify["raw_scan_docs_per_s"])
@@ -116,4 +124,6 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         "verify_vs_raw_scan",
         "memory_spread",
         "orchestration_overhead",
+        "clone_cpu_per_100k_docs",
+        "sync_cpu_per_100k_events",
     }
