@@ -101,7 +101,13 @@ def main(argv: list[str]) -> int:
             print("SYNCING", flush=True)
             sys.stdin.read()  # the benchmark closes our stdin when it is done measuring
             runner.stop()
-            out.update(applied_events=runner.state.applied_events, error=str(runner.state.error or ""))
+            st = runner.state.stats
+            out.update(
+                applied_events=runner.state.applied_events,
+                error=str(runner.state.error or ""),
+                update_mode=runner.update_mode,
+                apply_stats={"updates": st.updates, "deltas": st.deltas, "lookups": st.lookups},
+            )
             if "start" in marks and "end" in marks:
                 out.update(sync_cpu_by_part=cpu_by_part(marks["start"], marks["end"]))
     # VmHWM, not getrusage's ru_maxrss: after fork+exec Linux keeps the parent's peak in ru_maxrss.

@@ -440,6 +440,53 @@ def _sync(s: dict[str, Any] | None) -> list[str]:
     ]
     if cpu := s.get("migrator_cpu"):
         out += _migrator_cpu(cpu, s["levels"])
+    if modes := s.get("update_modes"):
+        out += _update_modes(modes)
+    return out
+
+
+def _update_modes(modes: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "",
+        "### Update modes: the load on the source",
+        "",
+        "The same writer and migrator, once with `sync.update_mode: lookup` (every update event carries the document "
+        "the source reads again for it, `fullDocument: updateLookup`) and once with `delta` (the destination applies "
+        "the update's changes; a document is read only where they cannot be applied), one run each per rate, one "
+        "after the other. *Source reads per event*: documents read on the source for updates per applied event (in "
+        "lookup mode one per update event, inside the change stream; in delta mode the applier's lookups). *Source "
+        "CPU*: the source server process's CPU seconds over the writer's window until the backlog drained (the "
+        "writer's own inserts, updates and deletes included), per 100k applied events. SecantusDB ignores "
+        "`showRawUpdateDescription`, so delta mode here applies `updateDescription`.",
+        "",
+        _row(
+            "x capacity",
+            "mode",
+            "achieved ops/s",
+            "lag p50 s",
+            "lag p99 s",
+            "sustained",
+            "source reads per event",
+            "source CPU s per 100k events",
+            "migrator CPU s per 100k events",
+        ),
+        _row(*["---"] * 9),
+    ]
+    for lv in modes:
+        src = lv.get("source", {})
+        out.append(
+            _row(
+                lv["fraction"],
+                lv["mode"],
+                lv["achieved_ops_per_s"],
+                lv["lag_p50_s"],
+                lv["lag_p99_s"],
+                "yes" if lv["sustained"] else "no",
+                src.get("reads_per_event", "-"),
+                src.get("cpu_s_per_100k_events", "-"),
+                lv["migrator_cpu"]["sync"]["cpu_s_per_100k"],
+            )
+        )
     return out
 
 

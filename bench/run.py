@@ -82,6 +82,7 @@ def run_stages(
                     seconds=sizes.sync_seconds,
                     fractions=sizes.sync_fractions,
                     fallback=sizes.sync_fallback_fractions,
+                    mode_fractions=sizes.update_mode_fractions,
                     capacity_ops=sizes.capacity_ops,
                     capacity_runs=sizes.capacity_runs,
                 )

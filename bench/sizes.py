@@ -34,6 +34,7 @@ class Sizes:
     flow_runs: int
     profile_docs: int  # documents the profiled hot paths process
     profile_events: int  # change events the profiled apply processes
+    update_mode_fractions: tuple[float, ...] = (0.5, 0.7)  # both sync.update_modes, one run each, at these rates
     downtime_docs: tuple[int, int] = (100_000, 1_000_000)  # the cutover's downtime at both sizes
     downtime_rate: float = 200.0  # the writer's ops/s while the data is proven and after
     downtime_after_proof_s: float = 20.0  # how long the writer goes on after the background pass
@@ -93,6 +94,7 @@ SMOKE = Sizes(
     sync_seconds=2.0,
     sync_fractions=(0.2,),
     sync_fallback_fractions=(),
+    update_mode_fractions=(0.2,),
     capacity_ops=1_000,
     capacity_runs=1,
     memory_docs=(1_000, 3_000),

@@ -212,6 +212,8 @@ def level(
         _wait(lambda: (poller.applied() or Timestamp(0, 0)) >= start_point, 60, "the sync to catch up")
         events_before = poller.samples[-1][2]
         cpu_before = cpu_seconds(proc.pid)
+        src_pid = sv.pair.source.proc.pid if sv.pair.source.proc is not None else None
+        src_cpu_before = cpu_seconds(src_pid) if src_pid else 0.0
         proc.send_signal(signal.SIGUSR1)  # the migrator notes its threads' CPU: which part spends what
         t_write = time.perf_counter()
         sent = write_at_rate(sv.src, db, Mix(seed_docs, seed=31 + k), rate, seconds)
@@ -221,6 +223,7 @@ def level(
         drained = _wait(lambda: (poller.applied() or Timestamp(0, 0)) >= last, max(30.0, seconds), None)
         drain_seconds = time.perf_counter() - t_stop
         migrator_cpu = cpu_seconds(proc.pid) - cpu_before
+        source_cpu = cpu_seconds(src_pid) - src_cpu_before if src_pid else 0.0
         proc.send_signal(signal.SIGUSR2)
         events_after = poller.samples[-1][2]
     finally:
@@ -246,6 +249,21 @@ def level(
         final.get("docs", 0), final.get("clone_cpu_seconds", 0.0), events_after - events_before, migrator_cpu
     )
     out["migrator_cpu"]["sync"]["parts"] = final.get("sync_cpu_by_part", {})
+    events = events_after - events_before
+    stats = final.get("apply_stats", {})
+    mode = final.get("update_mode", "lookup")
+    total = int(final.get("applied_events", 0)) or 1
+    # Documents read on the source for updates: in lookup mode the server reads one per update event (inside
+    # the change stream); in delta mode only the applier's lookups.  Over every event the sync applied.
+    reads = stats.get("updates", 0) if mode == "lookup" else stats.get("lookups", 0)
+    out["source"] = {
+        "update_mode": mode,
+        "cpu_seconds": round(source_cpu, 3),
+        "cpu_s_per_100k_events": round(source_cpu / events * 100_000, 3) if events else 0.0,
+        "update_events": stats.get("updates", 0),
+        "lookups": stats.get("lookups", 0),
+        "reads_per_event": round(reads / total, 4),
+    }
     return out
 
 
@@ -320,6 +338,26 @@ def _wait(pred: Any, timeout: float, what: str | None) -> bool:
     return bool(pred())
 
 
+def update_modes(
+    sv: Servers,
+    tmp: Path,
+    capacity_ops_per_s: float,
+    seed_docs: int,
+    seconds: float,
+    fractions: tuple[float, ...],
+    k: int,
+) -> list[dict[str, Any]]:
+    """Both ``sync.update_mode``s at each rate, one after the other: lag, the writer's rate, what the source spent."""
+    out = []
+    for f in fractions:
+        for mode in ("lookup", "delta"):
+            k += 1
+            res = level(sv, tmp, capacity_ops_per_s * f, seed_docs, seconds, k, {"sync": {"update_mode": mode}})
+            out.append({"fraction": f, "mode": mode, **res})
+            log.info("sync at %.2f x capacity, update_mode %s: %s", f, mode, res)
+    return out
+
+
 def run(
     sv: Servers,
     tmp: Path,
@@ -330,6 +368,7 @@ def run(
     fallback: tuple[float, ...],
     capacity_ops: int,
     capacity_runs: int,
+    mode_fractions: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """Capacity first, then rising rates until one is not sustained (lower ones if even the first is not)."""
     cap = capacity(sv, seed_docs, capacity_ops, capacity_runs)
@@ -354,14 +393,15 @@ def run(
     cpu: dict[str, Any] = {}
     for part, unit in (("clone", "docs"), ("sync", "events")):
         units = sum(lv["migrator_cpu"][part][unit] for lv in levels)
-        seconds = sum(lv["migrator_cpu"][part]["cpu_seconds"] for lv in levels)
-        cpu[part] = {unit: units, "cpu_seconds": round(seconds, 3), **per_100k(seconds, units)}
+        spent = sum(lv["migrator_cpu"][part]["cpu_seconds"] for lv in levels)
+        cpu[part] = {unit: units, "cpu_seconds": round(spent, 3), **per_100k(spent, units)}
     parts: dict[str, float] = {}
     for lv in levels:
         for k, v in lv["migrator_cpu"]["sync"].get("parts", {}).items():
             parts[k] = parts.get(k, 0.0) + v
     events = cpu["sync"]["events"]
     cpu["sync"]["parts_s_per_100k"] = {k: round(v / events * 100_000, 3) if events else 0.0 for k, v in parts.items()}
+    modes = update_modes(sv, tmp, c, seed_docs, seconds, mode_fractions, 100) if mode_fractions else []
     sustained = [lv for lv in levels if lv["sustained"]]
     best = max(sustained, key=lambda lv: lv["achieved_ops_per_s"]) if sustained else None
     half = min(levels, key=lambda lv: abs(lv["fraction"] - 0.5))
@@ -374,6 +414,7 @@ def run(
         "highest_sustained_fraction": best["fraction"] if best else 0.0,
         "ratio_sustained_to_capacity": ratio(best["achieved_ops_per_s"], c) if best else 0.0,
         "migrator_cpu": cpu,  # every level's clone and writer window together
+        "update_modes": modes,
         "half_capacity_level": {
             "fraction": half["fraction"],
             "lag_p50_s": half["lag_p50_s"],

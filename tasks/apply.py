@@ -162,6 +162,7 @@ class _Replacement(RawBSONDocument):
 class ApplyStats:
     upserts: int = 0
     deletes: int = 0
+    updates: int = 0  # update events (in lookup mode each one was a read of its document on the source)
     deltas: int = 0  # update events applied as their changes (delta mode)
     lookups: int = 0  # documents read from the source because a delta could not be applied
     ddl: int = 0
@@ -251,6 +252,8 @@ class Applier:
                 if not self.in_scope(ev):
                     stats.skipped += 1
                     continue
+                if op == "update":
+                    stats.updates += 1
                 w = data_write(ev, delta=self.update_mode == "delta")
                 if not w.base and self.write_mode(w.ns) in REWRITE_MODES:
                     w.lookup = True  # written as delete then insert: the whole document is needed

@@ -64,6 +64,12 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     cpu = level["migrator_cpu"]  # the migrator process's own CPU over its clone and over the writer's window
     assert cpu["clone"]["docs"] == r["sizes"]["sync_seed_docs"] and _positive(cpu["clone"]["cpu_seconds"])
     assert 0 < cpu["sync"]["events"] <= level["events_applied"] and _positive(cpu["sync"]["cpu_seconds"])
+    modes = {lv["mode"]: lv for lv in sync["update_modes"]}
+    assert modes.keys() == {"lookup", "delta"}
+    assert modes["lookup"]["source"]["update_mode"] == "lookup" and modes["delta"]["source"]["update_mode"] == "delta"
+    assert modes["lookup"]["source"]["reads_per_event"] > 0  # the mix's updates, each looked up
+    assert modes["delta"]["source"]["reads_per_event"] < modes["lookup"]["source"]["reads_per_event"]
+    assert all(_positive(lv["source"]["cpu_s_per_100k_events"]) for lv in modes.values())
     for part in ("clone", "sync"):
         assert _positive(sync["migrator_cpu"][part]["cpu_s_per_100k"]), part
         assert _positive(sync["migrator_cpu"][part]["one_core_per_s"]), part
