@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 SERIAL_MODES = frozenset({"capped", "collation"})  # every write, in source order
 REWRITE_MODES = frozenset({"collation", "sharded"})  # a replacement is written as delete then insert
 QE_STATE_PREFIX = "enxcol_."  # Queryable Encryption's state collections (enxcol_.<coll>.esc/.ecoc), server-managed
+LANE_MIN_WRITES = 200  # a batch is split over another lane only for this many more writes
 LOOKUP_BATCH = 1000  # documents looked up on the source per query (delta mode's fallback)
 COPY_BATCH_BYTES = 8 * 1024 * 1024  # a collection copied afresh after a rename goes in inserts of this size
 DATA_EVENTS = frozenset({"insert", "update", "replace", "delete"})
@@ -359,8 +360,11 @@ class Applier:
     def flush(self, pending: WriteSet, stats: ApplyStats) -> None:
         if not pending:
             return
-        lanes = [lane for lane in pending.lanes(self.lanes) if lane]
-        if self._pool:
+        # A lane is a bulk write per namespace, about 0.6 ms of the migrator's CPU whatever its size: a small batch
+        # goes to fewer lanes (bench/NOTES.md, round 3).
+        n = max(1, min(self.lanes, len(pending) // LANE_MIN_WRITES))
+        lanes = [lane for lane in pending.lanes(n) if lane]
+        if self._pool and len(lanes) > 1:
             futures = [self._pool.submit(self._apply_lane, lane) for lane in lanes]
             # Every lane ends before an error is raised: a lane still writing while the sync
             # reopens the stream and re-applies newer events could land an older state last.
