@@ -16,7 +16,7 @@ import time
 import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, WriteConcernError
 
-from tasks.apply import Applier, ApplyStats, Write, WriteSet
+from tasks.apply import LANE_MIN_WRITES, Applier, ApplyStats, Write, WriteSet
 from tasks.config import NamespaceRules
 from tasks.errors import (
     EXIT_INTERRUPTED,
@@ -62,7 +62,7 @@ def test_flush_waits_for_every_lane_before_raising(monkeypatch: pytest.MonkeyPat
     lanes = 4
     applier = Applier(object(), NamespaceFilter.from_rules(NamespaceRules(include=["db.*"])), lanes)  # type: ignore[arg-type]
     pending = WriteSet()
-    for i in range(16):
+    for i in range(lanes * LANE_MIN_WRITES):  # enough writes for every lane
         pending.add(Write("db.c", i, None))
     lane_of = {w.id_value: n for n, lane in enumerate(pending.lanes(lanes)) for w in lane}
     other_lanes = {lane for lane in lane_of.values() if lane != lane_of[0]}
