@@ -146,6 +146,7 @@ def markdown(r: dict[str, Any]) -> str:
     for t in r["targets"]:
         op = ">=" if next(x for x in TARGETS if x.key == t["target"]).higher_is_better else "<="
         lines.append(_row(t["what"], t["value"], f"{op} {t['bound']}", "yes" if t["met"] else "**no**"))
+    lines += _before(r)
     lines += _clone(r.get("clone")) + _sync(r.get("sync")) + _verify(r.get("verify"))
     lines += _memory(r.get("memory")) + _flow(r.get("orchestration")) + _profile(r.get("profile"))
     lines += _downtime(r.get("downtime")) + _namespaces(r.get("namespaces")) + _startup(r.get("startup"))
@@ -153,6 +154,33 @@ def markdown(r: dict[str, Any]) -> str:
     if NOTES.exists():
         lines += ["", NOTES.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def _before(r: dict[str, Any]) -> list[str]:
+    """The same targets from an earlier run (``--before``): each figure is a ratio to a baseline of its own run."""
+    before = r.get("before")
+    if not before:
+        return []
+    out = [
+        "",
+        f"### Before and after: the run of {before['date']} against this one",
+        "",
+        "Each figure is taken against the baseline measured in its own run; a target new since then has no before.",
+        "",
+        _row("target", f"before ({before['date'][:10]})", "after", "bound", "met before", "met after"),
+        _row(*["---"] * 6),
+    ]
+    for t in r["targets"]:
+        target = next(x for x in TARGETS if x.key == t["target"])
+        op = ">=" if target.higher_is_better else "<="
+        old = before["figures"].get(t["target"])
+        if old is None:
+            met_before = "-"
+        else:
+            met_before = "yes" if (old >= t["bound"] if target.higher_is_better else old <= t["bound"]) else "no"
+        after = "yes" if t["met"] else "**no**"
+        out.append(_row(t["what"], "-" if old is None else old, t["value"], f"{op} {t['bound']}", met_before, after))
+    return out
 
 
 def _clone(c: dict[str, Any] | None) -> list[str]:
@@ -684,12 +712,21 @@ def _closing(r: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m bench.report DIR`: render DIR/RESULTS.md again from DIR/results.json (after editing NOTES.md)."""
+    """`python -m bench.report DIR [--before OLD/results.json]`: render DIR/RESULTS.md again from DIR/results.json
+    (after editing NOTES.md); ``--before`` adds the targets of an earlier run beside this one's."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
+    before_path = None
+    if "--before" in args:
+        i = args.index("--before")
+        before_path, args = Path(args[i + 1]), args[:i] + args[i + 2 :]
     out_dir = Path(args[0]) if args else HERE
-    write(json.loads((out_dir / "results.json").read_text()), out_dir)
+    results = json.loads((out_dir / "results.json").read_text())
+    if before_path is not None:
+        old = json.loads(before_path.read_text())
+        results["before"] = {"date": old["machine"]["date"], "figures": figures(old)}
+    write(results, out_dir)
     return 0
 
 
