@@ -443,15 +443,57 @@ class Applier:
                 w.base, w.deltas, w.lookup = True, [], False
 
     def _apply_with_deltas(self, c: Any, ns: str, ws: list[Write], mode: str) -> int:
-        """Full-state writes and the deltas after them, in one ordered bulk (order matters per document).
+        """Full-state writes and the deltas after them: in order per document.
 
         A delta the destination refuses (its document changed type in a later event: PathNotViable) or
         that matches nothing (the document is not there) is not an error: that document is looked up on
         the source and written whole afterwards.  Returns how many documents were looked up.
+
+        Order matters only within a document (every write of a capped namespace in source order, one bulk).
+        Elsewhere plain deletes go in one unordered bulk and the documents whose writes are all updates in one
+        ordered bulk of updates only: pymongo sends an ordered bulk as a command per run of one kind, so
+        deletes among the updates would cost a round trip each.
         """
         resets = [DeleteOne({"_id": w.id_value}) for w in ws if w.reset and w.base and w.doc is not None]
         if resets:
             self._bulk(c, ns, resets, ordered=False)
+        if mode in SERIAL_MODES:
+            groups = [ws]
+        else:
+            deletes = [w for w in ws if w.base and w.doc is None and not w.deltas]
+            if deletes:
+                self._bulk(c, ns, [DeleteOne({"_id": w.id_value}) for w in deletes], ordered=False)
+            updates = [w for w in ws if not w.base or (w.doc is not None and not _dollar_top_level(w.doc))]
+            seen = {id(w) for w in (*deletes, *updates)}
+            groups = [updates, [w for w in ws if id(w) not in seen]]
+        redo: dict[int, Write] = {}
+        executed_updates = matched = 0  # update statements run without error, and the documents they matched
+        for group in groups:
+            if group:
+                ran, hit = self._ordered(c, ns, group, redo)
+                executed_updates, matched = executed_updates + ran, matched + hit
+        if matched < executed_updates:
+            # Some delta matched no document (a delete base, or the document is not on the destination).
+            maybe = [w for w in ws if w.deltas and id(w) not in redo and (not w.base or w.doc is None)]
+            there: set[Any] = set()
+            for i in range(0, len(maybe), LOOKUP_BATCH):
+                ids = [w.id_value for w in maybe[i : i + LOOKUP_BATCH]]
+                there.update(id_key(d["_id"]) for d in c.find({"_id": {"$in": ids}}, {"_id": 1}))
+            missing = [w for w in maybe if id_key(w.id_value) not in there]
+            redo.update((id(w), w) for w in missing)
+            log.debug("%s: %d of %d deltas matched no document: looked up", ns, len(missing), len(maybe))
+        if not redo:
+            return 0
+        again = list(redo.values())
+        self._look_up(ns, again)
+        for w in again:
+            w.reset = False
+        self._apply_full(c, ns, again, mode)
+        return len(again)
+
+    def _ordered(self, c: Any, ns: str, ws: list[Write], redo: dict[int, Write]) -> tuple[int, int]:
+        """One ordered bulk of ``ws``'s writes and deltas; a refused delta's document goes to ``redo`` and the
+        bulk goes on after it.  Returns the update statements run without error and the documents they matched."""
         ops: list[Any] = []
         owner: list[Write | None] = []  # per op: the write whose delta it is (None: a full-state write)
         for w in ws:
@@ -463,8 +505,7 @@ class Applier:
                 for op in d.ops(w.id_value):
                     ops.append(op)
                     owner.append(w)
-        redo: dict[int, Write] = {}
-        executed_updates = matched = 0  # update statements run without error, and the documents they matched
+        executed_updates = matched = 0
         start = 0
         while start < len(ops):
             if self.halt is not None:
@@ -485,6 +526,7 @@ class Applier:
                 failed = owner[start + at] if errs else None
                 if failed is not None:
                     redo[id(failed)] = failed  # the delta does not apply to what the destination holds: look it up
+                    log.debug("%s: delta for _id %r refused (%s): looked up", ns, failed.id_value, errs[0].get("code"))
                     wces = details.get("writeConcernErrors") or []
                     if wces:
                         raise TransientError(
@@ -496,22 +538,7 @@ class Applier:
                 if not errs:
                     break
                 start += at + 1
-        if matched < executed_updates:
-            # Some delta matched no document (a delete base, or the document is not on the destination).
-            maybe = [w for w in ws if w.deltas and id(w) not in redo and (not w.base or w.doc is None)]
-            there: set[Any] = set()
-            for i in range(0, len(maybe), LOOKUP_BATCH):
-                ids = [w.id_value for w in maybe[i : i + LOOKUP_BATCH]]
-                there.update(id_key(d["_id"]) for d in c.find({"_id": {"$in": ids}}, {"_id": 1}))
-            redo.update((id(w), w) for w in maybe if id_key(w.id_value) not in there)
-        if not redo:
-            return 0
-        again = list(redo.values())
-        self._look_up(ns, again)
-        for w in again:
-            w.reset = False
-        self._apply_full(c, ns, again, mode)
-        return len(again)
+        return executed_updates, matched
 
     def _write_keeping_empty_ts(self, c: Any, ns: str, ws: list[Write], mode: str) -> None:
         """The writes of one namespace, in order, one command each with bypassEmptyTsReplacement: some hold a
