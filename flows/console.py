@@ -38,7 +38,7 @@ from tasks.status import describe
 
 log = logging.getLogger(__name__)
 MAX_NAMESPACE_BARS = 8
-ENDED = ("complete", "cancelled", "expired", "failed")
+ENDED = ("complete", "cancelled", "expired", "finished", "failed")
 
 
 class LiveView:

@@ -14,7 +14,7 @@ from typing import Any
 
 from checks.prechecks.data import human_bytes as _bytes
 
-TERMINAL_PHASES = ("complete", "cancelled", "expired", "failed")
+TERMINAL_PHASES = ("complete", "cancelled", "expired", "finished", "failed")
 
 
 def utc_text(value: str | dt.datetime | None) -> str:

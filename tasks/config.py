@@ -219,6 +219,13 @@ class MigrationConfig(_Strict):
         "setUserWriteBlockMode and bypassWriteBlockingMode); where that cannot be done, the destination is "
         "watched for writes by others instead",
     )
+    reversible: bool = Field(
+        default=False,
+        description="after the cutover, keep the source in sync with the destination (a reverse sync, as "
+        "mongosync's reversible) so that a rollback is a second approved cutover; the prechecks then also "
+        "prove the reverse direction's privileges (read the destination's change stream, write to the source "
+        "through its write block)",
+    )
     cutover: Cutover = Field(default_factory=Cutover)
     sync: SyncOptions = Field(default_factory=SyncOptions)
     verification: Verification = Field(default_factory=Verification)

@@ -33,21 +33,23 @@ class Phase(StrEnum):
     COMPLETE = "complete"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+    FINISHED = "finished"  # a reverse sync ended for good (`livemigrate finish`): the source stays closed
     FAILED = "failed"
 
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
     Phase.CREATED: frozenset({Phase.CLONING, Phase.CANCELLED, Phase.FAILED}),
     Phase.CLONING: frozenset({Phase.SYNCING, Phase.CANCELLED, Phase.FAILED}),
-    Phase.SYNCING: frozenset({Phase.CUTTING_OVER, Phase.CANCELLED, Phase.EXPIRED, Phase.FAILED}),
+    Phase.SYNCING: frozenset({Phase.CUTTING_OVER, Phase.CANCELLED, Phase.EXPIRED, Phase.FAILED, Phase.FINISHED}),
     # A cutover that fails (writes keep arriving, differences found) is marked failed with the reason; the next
     # `migrate` resumes syncing from failed.  A crashed cutover stays here and is resumed (Migration.resume_cutover).
     Phase.CUTTING_OVER: frozenset({Phase.COMPLETE, Phase.FAILED, Phase.CANCELLED, Phase.SYNCING}),
     # A failed migration can be resumed where it stopped once the cause is fixed, or cancelled.
-    Phase.FAILED: frozenset({Phase.CLONING, Phase.SYNCING, Phase.CUTTING_OVER, Phase.CANCELLED}),
+    Phase.FAILED: frozenset({Phase.CLONING, Phase.SYNCING, Phase.CUTTING_OVER, Phase.CANCELLED, Phase.FINISHED}),
     Phase.COMPLETE: frozenset(),
     Phase.CANCELLED: frozenset(),
     Phase.EXPIRED: frozenset(),
+    Phase.FINISHED: frozenset(),
 }
 TERMINAL = frozenset(p for p, nxt in TRANSITIONS.items() if not nxt)
 ACTIVE = frozenset({Phase.CREATED, Phase.CLONING, Phase.SYNCING, Phase.CUTTING_OVER})
@@ -89,6 +91,10 @@ class MigrationDoc(_Record):
     id: str = Field(alias="_id")
     schema_version: int = SCHEMA_VERSION
     phase: Phase = Phase.CREATED
+    # "reverse": the record of a reverse sync (destination -> source after the cutover, `reversible: true`),
+    # named ``<name>~reverse`` (tasks/reverse.py); its cutover is the rollback
+    direction: str = "forward"
+    reverse_of: str | None = None  # the forward migration a reverse record belongs to
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
     source: str = ""  # hosts only, never credentials
