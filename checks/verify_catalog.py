@@ -47,7 +47,7 @@ def as_restored(ns: str, spec: dict[str, Any], pending: PendingRestores) -> dict
 
 
 PREPARE_UNIQUE_NOTE = (
-    "index {name!r}: prepareUnique: false on the destination only, left by the collMod that made it unique "
+    "index {name!r}: prepareUnique: false on the {side} only, left by the collMod that made it unique "
     "again at cutover (this server keeps the field; MongoDB 7.0+ removes it, coll_mod_index.cpp)"
 )
 
@@ -84,10 +84,16 @@ def compare_indexes(
                 notes.append(SHARD_KEY_INDEX_NOTE.format(name=name, key=dict(shard_key)))
             continue
         fields = sorted(k for k in (s or {}).keys() | (d or {}).keys() if (s or {}).get(k) != (d or {}).get(k))
-        if problem == "different" and fields == ["prepareUnique"] and (s or {}).get("prepareUnique") is None:
-            if (d or {}).get("prepareUnique") is False and (d or {}).get("unique"):
+        if problem == "different" and fields == ["prepareUnique"]:
+            # Either way round: a reverse sync (tasks/reverse.py) compares the destination as its source.
+            has, lacks, side = (
+                ((s or {}), (d or {}), "source")
+                if "prepareUnique" in (s or {})
+                else ((d or {}), (s or {}), "destination")
+            )
+            if lacks.get("prepareUnique") is None and has.get("prepareUnique") is False and has.get("unique"):
                 if notes is not None:
-                    notes.append(PREPARE_UNIQUE_NOTE.format(name=name))
+                    notes.append(PREPARE_UNIQUE_NOTE.format(name=name, side=side))
                 continue
         out.append(
             {

@@ -227,6 +227,12 @@ class Applier:
         self._mongos: bool | None = None  # the destination is a mongos (asked once)
         self.halt: Exception | None = None  # set when the migration must stop writing at once (lock lost)
         self.observer: ApplyObserver | None = None  # told each document and namespace written, once written
+        # None: a duplicate key on a unique index stops the sync (the forward destination holds its unique indexes
+        # back until the cutover, so one means a real conflict).  A dict (the reverse sync, tasks/reverse.py):
+        # the document is deferred and written again, as the source holds it then, once the batch is applied
+        # (see retry_deferred); keyed by (ns, _id key), valued by the _id as the event carried it.
+        self.deferred: dict[tuple[str, Hashable], tuple[str, Any]] | None = None
+        self.deferrals = 0  # how many writes were deferred so far
         # How many lanes write at once is measured, not assumed (tasks/concurrency.py).
         self.gate = WriteGate(self.lanes, what="sync lanes", unit=("writes/s", 1.0))
 
@@ -284,6 +290,43 @@ class Applier:
                 self._observe_ddl(ev)
         self.flush(pending, stats)
         self._observed(keys)
+        if self.deferred:
+            self.retry_deferred()
+
+    def retry_deferred(self) -> int:
+        """Write each deferred document again as the source holds it now; returns how many stay deferred.
+
+        Why it converges: the source (the reverse sync's, the destination cluster) holds its unique indexes,
+        so its current documents never collide with each other; a deferred document collides only with one
+        the target still holds at an older state, and that document's own later events (applied in this or
+        a later batch) release the value.  The current state is later than every event applied, so the events
+        after it replay over it as after any lookup.  Documents still refused stay deferred (and in the
+        checkpoint) and are tried again after the next batch; a drain waits for none to be left.
+        """
+        if not self.deferred:
+            return 0
+        todo, self.deferred = list(self.deferred.values()), {}
+        by_ns: dict[str, list[Write]] = {}
+        for ns, id_value in todo:
+            by_ns.setdefault(ns, []).append(Write(ns, id_value, None))
+        for ns, ws in by_ns.items():
+            db, _, coll = ns.partition(".")
+            c = self.dst[db].get_collection(coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
+            self._look_up(ns, ws)
+            # Deleted first, all of them, then inserted: documents that swapped unique values (a lookup writes
+            # each at its latest state) block each other only while both hold their old values.
+            self._bulk(c, ns, [DeleteOne({"_id": w.id_value}) for w in ws], ordered=False)
+            back = [w for w in ws if w.doc is not None]
+            if any_empty_ts([w.doc for w in back]):
+                self._write_keeping_empty_ts(c, ns, back, "collation")  # one by one, as inserts
+            elif back:
+                self._bulk(c, ns, [InsertOne(w.doc) for w in back], ordered=False)
+        if self.deferred:
+            log.info(
+                "%d document(s) still meet a duplicate key on the destination: written once it is free",
+                len(self.deferred),
+            )
+        return len(self.deferred)
 
     def _observed(self, keys: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """Tell the observer which documents the last flush wrote; returns a fresh map."""
@@ -587,11 +630,12 @@ class Applier:
                     return
                 ops = ops[int(errs[-1].get("index", len(ops))) + 1 :]  # an ordered bulk stopped there
 
-    @staticmethod
-    def _raise_rejected(ns: str, ops: list[Any], exc: BulkWriteError) -> None:
+    def _raise_rejected(self, ns: str, ops: list[Any], exc: BulkWriteError) -> None:
         errs = exc.details.get("writeErrors", [])
         # Duplicate _id on a racing upsert: the document exists, which is what we wanted.
         real = [e for e in errs if not (e.get("code") == 11000 and "_id_" in str(e.get("errmsg", "")))]
+        if self.deferred is not None:
+            real = [e for e in real if not self._defer(ns, ops, e)]
         if not real:
             wces = exc.details.get("writeConcernErrors") or []
             if wces:
@@ -611,6 +655,21 @@ class Applier:
             ns=ns,
             doc_id=bad_id,
         )
+
+    def _defer(self, ns: str, ops: list[Any], err: dict[str, Any]) -> bool:
+        """A duplicate key on a unique index other than ``_id`` (DuplicateKey 11000, and 11001 of old servers):
+        the document is deferred (see retry_deferred).  False for any other error."""
+        if err.get("code") not in (11000, 11001):
+            return False
+        op = ops[int(err.get("index", 0))]
+        target = getattr(op, "_filter", None) or getattr(op, "_doc", None) or {}
+        if "_id" not in target:
+            return False
+        assert self.deferred is not None
+        self.deferred[(ns, id_key(target["_id"]))] = (ns, target["_id"])
+        self.deferrals += 1
+        log.debug("%s: _id %r meets a duplicate key (%s): deferred", ns, target["_id"], str(err.get("errmsg"))[:120])
+        return True
 
     # -- DDL ----------------------------------------------------------------
     def apply_rename(self, ev: Any, stats: ApplyStats) -> None:

@@ -212,6 +212,12 @@ class Migration:
             log.info("archived ended migration %s as %s", self.name, archived)
             doc = None
         if doc is None:
+            from tasks.reverse import REVERSE_SUFFIX
+
+            if not self.name.endswith(REVERSE_SUFFIX):
+                stale = self.store.archive(self.name + REVERSE_SUFFIX)  # the reverse sync of an earlier migration
+                if stale:
+                    log.info("archived the reverse sync of an earlier migration %s as %s", self.name, stale)
             rules = self.cfg.namespaces
             doc = self.store.create(
                 MigrationDoc(
@@ -769,6 +775,7 @@ class Migration:
                 )
             if runner.state.error is not None:
                 raise runner.state.error
+            self._settle_deferred(runner)
             clock.lap("drain")
             self.timeline.sync_sample(runner.state, force=True)
             doc = self.store.load(self.name)
@@ -785,6 +792,12 @@ class Migration:
             clock.lap("index_restores")
             if self.destination_watch is not None:
                 self.destination_watch.stop()  # from here the application writes there
+            if self.cfg.reversible:
+                # Before the destination opens: every application write there reaches the source (tasks/reverse.py).
+                from tasks.reverse import capture_reverse_start
+
+                capture_reverse_start(self, self.store.load(self.name))
+                clock.lap("reverse_start")
             self._unblock_destination(self.store.load(self.name))
             result.destination_ready_at = utcnow()
             clock.lap("finalize")
@@ -827,6 +840,25 @@ class Migration:
                 "?" if behind is None else behind,
                 max(0.0, deadline - time.monotonic()),
                 timeout,
+            )
+
+    def _settle_deferred(self, runner: SyncRunner) -> None:
+        """A reverse sync's drain: no document may still wait for a duplicate key to clear (tasks/apply.py).
+
+        Every event is applied and the stream stopped, so what is still deferred is tried once more; what
+        is refused then is a conflict no later event will resolve, and the rollback stops naming it.
+        """
+        owed = runner.deferred()
+        if not owed or runner._applier is None:
+            return
+        runner._applier.retry_deferred()
+        left = runner.deferred()
+        if left:
+            ns, key = left[0]
+            raise TerminalError(
+                f"{ns}: _id {key!r} cannot be written: it meets a duplicate key on a unique index "
+                f"({len(left) - 1} more document(s) likewise)",
+                remedy="compare that document on both clusters (`livemigrate verify`), fix it, then ask again",
             )
 
     def _back_to_syncing(self) -> None:

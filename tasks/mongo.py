@@ -32,7 +32,9 @@ with w:1, an election on the destination between a batch and its checkpoint coul
 the checkpoint (majority) survives, and the sync would never redo it."""
 
 APP_NAME = "livemigrate"
-_BOOKKEEPING_NS = re.compile(r"^(admin|config|local)\.")
+# Not the application's writes: the server's own databases, and livemigrate's metadata (on a reverse sync's
+# source, the destination cluster, the migration's own records move the oplog all the time).
+_BOOKKEEPING_NS = re.compile(r"^(admin|config|local|__livemigrate)\.")
 
 
 def describe_endpoint(uri: str, side: str = "") -> str:

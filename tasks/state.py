@@ -149,6 +149,9 @@ class Checkpoint(_Record):
     applied_events: int = 0
     fence: int = 0  # epoch of the lock its writer held: a writer with an older epoch is refused
     updated_at: dt.datetime = Field(default_factory=utcnow)
+    # A reverse sync's documents that met a duplicate key, written again later (tasks/apply.py retry_deferred):
+    # [{ns, _id}], so a restart from this checkpoint still owes them
+    deferred: list[dict[str, Any]] = Field(default_factory=list)
 
     def to_mongo(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="python")

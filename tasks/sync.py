@@ -51,6 +51,7 @@ from tasks.apply import Applier, ApplyObserver
 from tasks.config import MigrationConfig
 from tasks.ddl import book_changes
 from tasks.errors import HistoryLostError, LiveMigrateError, TerminalError, TransientError, classify
+from tasks.idkey import id_key
 from tasks.metadata import MetadataStore
 from tasks.mongo import is_mongos, latest_optime
 from tasks.namespaces import NamespaceFilter
@@ -384,6 +385,12 @@ class SyncRunner:
         )
         applier.halt = self.state.error  # aborted before it started
         applier.observer = self.observer
+        if doc.direction == "reverse":
+            # The reverse sync writes onto the source, whose unique indexes are real (tasks/reverse.py).
+            cp = self.store.load_checkpoint(self.name)
+            applier.deferred = {}
+            for d in cp.deferred if cp is not None else []:
+                applier.deferred[(d["ns"], id_key(d["_id"]))] = (d["ns"], d["_id"])
         self._applier = applier
         try:
             self._sharded = is_mongos(self.src)
@@ -486,6 +493,8 @@ class SyncRunner:
                             batch[-1].get("clusterTime"),
                         )
                         continue
+                    if applier.deferred:
+                        applier.retry_deferred()  # idle, or just restarted: what a batch deferred is owed still
                     applied_time = self.state.applied_time
                     if seen is not None and (applied_time is None or seen > applied_time):
                         applied_time = seen
@@ -666,11 +675,13 @@ class SyncRunner:
     def _checkpoint(self, token: Any, applied_time: Timestamp | None, applied_events: int) -> None:
         if token is None:
             return
+        deferred = self._applier.deferred if self._applier is not None else None
         cp = Checkpoint(
             id=self.name,
             token=token_dict(token),
             cluster_time=ts_dict(applied_time),
             applied_events=applied_events,
+            deferred=[{"ns": ns, "_id": id_value} for ns, id_value in (deferred or {}).values()],
         )
         self.store.save_checkpoint(cp)
         st = self.state
@@ -699,6 +710,11 @@ class SyncRunner:
                 if left <= 0:
                     return False
                 self._changed.wait(min(left, 0.5))
+
+    def deferred(self) -> list[tuple[str, Any]]:
+        """The documents a reverse sync still owes because they met a duplicate key (see Applier.retry_deferred)."""
+        applier = self._applier
+        return list((applier.deferred or {}).values()) if applier is not None else []
 
     def applied_through(self, ts: Timestamp) -> bool:
         """Every event at or before cluster time ``ts`` is applied (whole transactions included)."""
