@@ -187,6 +187,48 @@ def cancel(
     raise typer.Exit(decision_cli(config, "cancel", approver=approver, reason=reason, yes=True, as_json=as_json))
 
 
+@app.command()
+def rollback(
+    config: ConfigOpt,
+    approver: Annotated[str | None, typer.Option("--approver", help="Who approves (default: $USER).")] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why, recorded with the decision.")] = "",
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm without asking.")] = False,
+    full_verification: Annotated[
+        bool,
+        typer.Option("--full-verification", help="Verify both clusters whole inside the window (longer downtime)."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roll a reversible migration back (refused while the reverse lag is too high): close the destination,
+    drain the reverse sync, verify, reopen the source."""
+    from flows.operate import decision_cli
+
+    raise typer.Exit(
+        decision_cli(
+            config,
+            "rollback",
+            approver=approver,
+            reason=reason,
+            yes=yes,
+            as_json=as_json,
+            full_verification=full_verification,
+        )
+    )
+
+
+@app.command()
+def finish(
+    config: ConfigOpt,
+    approver: Annotated[str | None, typer.Option("--approver", help="Who decides (default: $USER).")] = None,
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """End a reversible migration's reverse sync for good: the source stays write-blocked and stops following."""
+    from flows.operate import decision_cli
+
+    raise typer.Exit(decision_cli(config, "finish", approver=approver, reason=reason, yes=True, as_json=as_json))
+
+
 @app.command("clone-worker")
 def clone_worker(
     config: ConfigOpt,

@@ -29,6 +29,7 @@ from tasks.clone import Cloner, CloneStats
 from tasks.config import MigrationConfig
 from tasks.migration import Migration
 from tasks.progress import ProgressSink
+from tasks.reverse import pending_reverse
 from tasks.state import TERMINAL, MigrationDoc
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,11 @@ class HeadStart:
             existing = m.store.get(self.cfg.name)
             self._steps[step].set_result(existing)
             step = "prechecks"
+            if pending_reverse(m.store, self.cfg.name) is not None:
+                # A reversible migration past its cutover: the flow goes on with the reverse sync (tasks/reverse.py).
+                for rest in ("prechecks", "begin", "clone"):
+                    self._steps[rest].set_result(None)
+                return
             # The flow's rule: prechecks unless skipped or resuming; nothing begins after a failed precheck.
             resuming = existing is not None and existing.phase not in TERMINAL
             if self.skip_prechecks or resuming:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -32,6 +34,7 @@ from flows.status import cutover_plan_markdown, live_status_markdown, status_mar
 from tasks.config import MigrationConfig
 from tasks.errors import LiveMigrateError, TerminalError
 from tasks.migration import CutoverRefused, Migration
+from tasks.reverse import ReverseMigration, pending_reverse
 from tasks.shutdown import ShutdownRequested, note_stop
 from tasks.state import Decision, MigrationDoc, Phase
 from tasks.status import describe
@@ -67,6 +70,53 @@ def decision_input(
     return CutoverDecision(
         action=action, confirm=confirm, approver=approver, reason=reason, full_verification=full_verification
     ).model_dump(include={"action", "confirm", "approver", "reason", "full_verification"})
+
+
+ROLLBACK_CONFIRM_TEXT = "I confirm that I am ready to move the application back to the source cluster"
+
+
+class RollbackDecision(RunInput):
+    """The form of a reversible migration after its cutover (Prefect UI), or what `livemigrate rollback` and
+    `livemigrate finish` send: the reverse sync keeps the source following the destination meanwhile."""
+
+    action: Literal["rollback", "extend", "finish"] = Field(
+        description="rollback: close the destination, drain the reverse sync, verify and reopen the source; "
+        "extend: add 24 h to the rollback window; finish: end the reverse sync for good (the source stays closed)"
+    )
+    confirm: bool = Field(title=ROLLBACK_CONFIRM_TEXT, description="must be ticked for a rollback")
+    approver: str = Field(min_length=1, description="who decides (recorded with the decision)")
+    reason: str = Field("", description="why (recorded with the decision)")
+    full_verification: bool = Field(
+        False,
+        title="Verify both clusters whole at the rollback",
+        description="longer downtime; required while the continuous verification reports differences",
+    )
+
+
+def rollback_input(
+    action: str, approver: str, reason: str = "", confirm: bool = False, full_verification: bool = False
+) -> dict[str, Any]:
+    """The run_input the rollback form sends; `livemigrate rollback` and `finish` send exactly this."""
+    return RollbackDecision(
+        action=action, confirm=confirm, approver=approver, reason=reason, full_verification=full_verification
+    ).model_dump(include={"action", "confirm", "approver", "reason", "full_verification"})
+
+
+@dataclass(frozen=True)
+class _Words:
+    """What the decision loop calls its actions and form: the cutover's, or the rollback's (tasks/reverse.py)."""
+
+    approve: str  # the action that cuts over
+    end: str  # the action that ends without cutting over
+    form: type[RunInput]
+    make_input: Callable[..., dict[str, Any]]
+    ended: str  # said of the end action
+
+
+FORWARD = _Words("cutover", "cancel", CutoverDecision, decision_input, "Migration cancelled")
+REVERSE = _Words(
+    "rollback", "finish", RollbackDecision, rollback_input, "Reverse sync finished (the source stays closed)"
+)
 
 
 @task(name="prechecks", cache_policy=NONE)
@@ -174,8 +224,8 @@ class DecisionRelay:
     that, never on what the input it resumed with says.
     """
 
-    def __init__(self, m: Migration, flow_run_id: str) -> None:
-        self.m, self.flow_run_id = m, flow_run_id
+    def __init__(self, m: Migration, flow_run_id: str, words: _Words = FORWARD) -> None:
+        self.m, self.flow_run_id, self.words = m, flow_run_id, words
         self.signal: Literal["sync_failed", "window_expired"] | None = None
         self.paused = threading.Event()
         self.stop = threading.Event()
@@ -199,11 +249,11 @@ class DecisionRelay:
                 left = self.m.window_left()
                 if runner is not None and runner.state.error is not None:
                     self.signal = "sync_failed"
-                    pending = decision_input("cancel", "livemigrate", "the sync stopped on an error")
+                    pending = self.words.make_input(self.words.end, "livemigrate", "the sync stopped on an error")
                 elif left is not None and left <= 0:
                     # Resume ourselves when the window closes, so the run never sits in an expired pause.
                     self.signal = "window_expired"
-                    pending = decision_input("cancel", "livemigrate", "the cutover window closed")
+                    pending = self.words.make_input(self.words.end, "livemigrate", "the window closed")
                 else:
                     pending = self.m.store.load(self.m.name).pending_decision
                 if not pending:
@@ -239,18 +289,38 @@ def form_description(m: Migration) -> str:
     )
 
 
-def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay) -> CutoverDecision | None:
+def rollback_form_description(rm: Migration) -> str:
+    """The rollback form's text: the reverse sync's status now, and what a rollback does."""
+    d = describe(rm.store, rm.name)
+    blocks, how = rm.write_block_plan()
+    return (
+        status_markdown(d, _rules(rm))
+        + "\n\n### What a rollback does\n\n"
+        + f"1. **The destination's writes stop:** {how.replace('source', 'destination')}.\n"
+        + "2. **Drain:** the reverse sync applies the destination's last writes to the source"
+        + f" (up to {rm.cfg.cutover.drain_timeout_seconds:g} s).\n"
+        + f"3. **Verification:** {rm.cfg.cutover.final_verification} (what changed since the cutover is read again).\n"
+        + "4. **The source reopens** for the application's writes; the destination stays write-blocked"
+        + (" (where it could be blocked)." if blocks else ".")
+        + "\n\nChoose **rollback** (tick the confirmation; stop the application's writes to the destination first),"
+        f" **extend** (+{rm.cfg.cutover.extension_hours:g} h) or **finish** (end the reverse sync; the source stays"
+        " closed). A refused request is logged in the run's log with its reason, and the run pauses again."
+    )
+
+
+def _pause_for_decision(m: Migration, n: int, relay: DecisionRelay, words: _Words = FORWARD) -> Any:
     left = m.window_left()
     if left is not None and left <= 0:
         return None
-    form = CutoverDecision.with_initial_data(description=form_description(m))
+    text = rollback_form_description(m) if words is REVERSE else form_description(m)
+    form = words.form.with_initial_data(description=text)
     relay.paused.set()
     try:
         return pause_flow_run(
             wait_for_input=form,
             timeout=max(1, int(left if left is not None else 3600)) + 120,
             poll_interval=POLL_SECONDS,
-            key=f"cutover-{n}",
+            key=f"{words.approve}-{n}",
         )
     except FlowPauseTimeout:
         return None
@@ -296,7 +366,12 @@ def publish_report(m: Migration, report_dir: str | None) -> str | None:
 
 
 def _outcome(
-    m: Migration, approver: str, reason: str, result: dict[str, Any], report_dir: str | None
+    m: Migration,
+    approver: str,
+    reason: str,
+    result: dict[str, Any],
+    report_dir: str | None,
+    words: _Words | None = None,
 ) -> dict[str, Any]:
     """Publish the cutover's two moments ("destination ready", "complete") and return the final description."""
     result["report"] = publish_report(m, report_dir)
@@ -305,9 +380,9 @@ def _outcome(
         m.name,
         "outcome",
         status_markdown(d)
-        + f"\n\n- **Cutover approved by:** {approver} ({reason})"
+        + f"\n\n- **{(words or FORWARD).approve.capitalize()} approved by:** {approver} ({reason})"
         + "".join(f"\n- **Warning:** {w}" for w in result["warnings"]),
-        "migration complete",
+        "rolled back" if words is REVERSE else "migration complete",
     )
     return {**d, "cutover": result}
 
@@ -418,13 +493,21 @@ def migrate_flow(
         logger.info("Prometheus metrics on http://127.0.0.1:%s/metrics", port)
     existing = head.existing() if head is not None else m.store.get(cfg.name)
     resuming = existing is not None and existing.phase not in (Phase.COMPLETE, Phase.CANCELLED, Phase.EXPIRED)
+
+    def live_status() -> LiveStatus:
+        return LiveStatus(
+            cfg.name, lambda: live_status_markdown(describe(m.store, m.name), _rules(m), STATUS_SECONDS), STATUS_SECONDS
+        ).start()
+
     try:
+        if not restart and pending_reverse(m.store, cfg.name) is not None:
+            # Past the cutover of a reversible migration: the run goes on with its reverse sync (tasks/reverse.py).
+            live = live_status()
+            return _reverse(m, flow_run_id or "", report_dir, metrics, live, forward=None)
         if not skip_prechecks and not resuming:
             prechecks_stage(cfg, head)
         metrics.phase(cfg.name, begin_stage(m, restart, flow_run_id))
-        live = LiveStatus(
-            cfg.name, lambda: live_status_markdown(describe(m.store, m.name), _rules(m), STATUS_SECONDS), STATUS_SECONDS
-        ).start()
+        live = live_status()
         if helpers_at is not None and m.store.load(cfg.name).phase == Phase.CLONING:
             helpers = CloneWorkers.start(helpers_at, cfg.tuning.clone_workers, cfg.name)  # they claim as this run does
         clone_stage(m, metrics)  # returns once every partition is done, whoever copied it
@@ -437,9 +520,10 @@ def migrate_flow(
             metrics.phase(cfg.name, Phase.CUTTING_OVER.value)
             result = cutover_stage(m, interrupted.approver, interrupted.reason, report_dir, resume=True)
             if "refused" not in result:
-                return _outcome(
+                done = _outcome(
                     m, interrupted.approver, interrupted.reason + " (resumed after a crash)", result, report_dir
                 )
+                return _after_cutover(m, flow_run_id or "", report_dir, metrics, live, done)
             m.record_decision(
                 Decision(action="cutover-refused", approver=interrupted.approver, reason=result["refused"])
             )
@@ -447,7 +531,8 @@ def migrate_flow(
             logger.warning("resumed cutover refused: %s; the sync goes on and asks again", result["refused"])
         metrics.phase(cfg.name, Phase.SYNCING.value)
         ready_stage(m)
-        return _decide(m, relay_id=flow_run_id or "", report_dir=report_dir, metrics=metrics, live=live)
+        done = _decide(m, relay_id=flow_run_id or "", report_dir=report_dir, metrics=metrics, live=live)
+        return _after_cutover(m, flow_run_id or "", report_dir, metrics, live, done)
     except (ShutdownRequested, TerminationSignal) as exc:
         # A clean stop (tasks/shutdown.py; Prefect's own SIGTERM bridge raises TerminationSignal): the finally
         # below stops the sync after its last applied batch and keeps the checkpoint; the run is cancelled,
@@ -479,18 +564,24 @@ def migrate_flow(
 
 
 def _decide(
-    m: Migration, relay_id: str, report_dir: str | None, metrics: Metrics, live: LiveStatus | None = None
+    m: Migration,
+    relay_id: str,
+    report_dir: str | None,
+    metrics: Metrics,
+    live: LiveStatus | None = None,
+    words: _Words = FORWARD,
 ) -> dict[str, Any]:
-    """Pause for decisions until one ends the migration: cutover, cancel, or the window's end."""
+    """Pause for decisions until one ends the migration (or its reverse sync): cutover or rollback, cancel or
+    finish, or the window's end."""
     logger = get_run_logger()
     cfg = m.cfg
     n = 0
-    with DecisionRelay(m, relay_id) as relay:
+    with DecisionRelay(m, relay_id, words) as relay:
         while True:
             n += 1
             if live is not None:
                 live.refresh()  # the live artifact agrees with the form from the first second of the pause
-            decision = _pause_for_decision(m, n, relay)
+            decision = _pause_for_decision(m, n, relay, words)
             if m.runner is not None and m.runner.state.error is not None:
                 raise m.runner.state.error  # the sync failed while paused (the relay woke the pause)
             if decision is None or relay.signal == "window_expired":
@@ -498,7 +589,7 @@ def _decide(
                 publish_report(m, report_dir)
                 d = describe(m.store, m.name)
                 markdown(m.name, "outcome", status_markdown(d) + f"\n\n**Expired.** {d['error']}", "window expired")
-                logger.warning("cutover window expired: the sync stopped")
+                logger.warning("%s window expired: the sync stopped", words.approve)
                 return d
             logger.info("decision: %s by %s", decision.action, decision.approver or "(unnamed)")
             verdict = m.judge(
@@ -523,37 +614,110 @@ def _decide(
                 )
                 logger.info("window extended by %g h by %s", cfg.cutover.extension_hours, decision.approver)
                 continue
-            if decision.action == "cancel":
+            if decision.action == words.end:
                 m.cancel(decision.approver, decision.reason)
                 publish_report(m, report_dir)
-                markdown(m.name, "decision", f"Migration cancelled by **{decision.approver}**: {decision.reason}")
+                markdown(m.name, "decision", f"{words.ended} by **{decision.approver}**: {decision.reason}")
                 d = describe(m.store, m.name)
                 markdown(
-                    m.name, "outcome", status_markdown(d) + f"\n\n**Cancelled** by {decision.approver}.", "cancelled"
+                    m.name, "outcome", status_markdown(d) + f"\n\n**{words.ended}** by {decision.approver}.", words.end
                 )
                 return d
             markdown(
                 m.name,
                 "decision",
-                f"Cutover approved by **{decision.approver}**: {decision.reason}"
+                f"{words.approve.capitalize()} approved by **{decision.approver}**: {decision.reason}"
                 + (" (full verification)" if decision.full_verification else ""),
             )
-            metrics.phase(cfg.name, Phase.CUTTING_OVER.value)
+            metrics.phase(m.name, Phase.CUTTING_OVER.value)
             try:
-                result = cutover_stage(
+                result = cutover_stage.with_options(name=words.approve)(
                     m, decision.approver, decision.reason, report_dir, full_verification=decision.full_verification
                 )
             except CutoverRefused as exc:  # the numbers moved between the judgement and the cutover
                 result = {"refused": exc.one_line()}
             if "refused" in result:
-                metrics.phase(cfg.name, Phase.SYNCING.value)
+                metrics.phase(m.name, Phase.SYNCING.value)
                 m.record_decision(
                     Decision(action="cutover-refused", approver=decision.approver, reason=result["refused"])
                 )
-                markdown(m.name, "decision", f"Cutover refused: {result['refused']}")
-                logger.warning("cutover refused: %s; the run pauses again", result["refused"])
+                markdown(m.name, "decision", f"{words.approve.capitalize()} refused: {result['refused']}")
+                logger.warning("%s refused: %s; the run pauses again", words.approve, result["refused"])
                 continue
-            return _outcome(m, decision.approver, decision.reason, result, report_dir)
+            return _outcome(m, decision.approver, decision.reason, result, report_dir, words)
+
+
+def _after_cutover(
+    m: Migration,
+    flow_run_id: str,
+    report_dir: str | None,
+    metrics: Metrics,
+    live: LiveStatus | None,
+    done: dict[str, Any],
+) -> dict[str, Any]:
+    """A reversible migration that completed goes on with its reverse sync; anything else is done."""
+    if m.cfg.reversible and pending_reverse(m.store, m.name) is not None:
+        return _reverse(m, flow_run_id, report_dir, metrics, live, forward=done)
+    return done
+
+
+def _reverse(
+    m: Migration,
+    flow_run_id: str,
+    report_dir: str | None,
+    metrics: Metrics,
+    live: LiveStatus | None,
+    forward: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """A reversible migration after its cutover: the reverse sync, until a rollback, finish or the window's end.
+
+    The same flow run goes on (tasks/reverse.py): the destination's writes reach the source while the source
+    stays closed to the application; the decision loop is the cutover's with the rollback's words and form.
+    """
+    logger = get_run_logger()
+    rm = ReverseMigration(m.cfg, m.src, m.dst)
+    rm.on_tick = lambda st: metrics.sync_tick(rm.name, st)
+    flow_context = contextvars.copy_context()
+    rm.on_difference = lambda found: flow_context.copy().run(_report_differences, rm, found)
+    try:
+        metrics.phase(rm.name, begin_stage.with_options(name="reverse-begin")(rm, False, flow_run_id))
+        interrupted = rm.interrupted_cutover()
+        if interrupted is not None:
+            logger.warning("resuming the rollback approved by %s", interrupted.approver or "(unnamed)")
+            result = cutover_stage.with_options(name="rollback")(
+                rm, interrupted.approver, interrupted.reason, report_dir, resume=True
+            )
+            if "refused" not in result:
+                out = _outcome(rm, interrupted.approver, interrupted.reason + " (resumed)", result, report_dir, REVERSE)
+                return _reverse_result(m, forward, out, report_dir)
+        logger.info(
+            "reverse sync: the destination's writes reach the source until a rollback (`livemigrate rollback`) "
+            "or finish (`livemigrate finish`); the source stays closed to the application meanwhile"
+        )
+        metrics.phase(rm.name, Phase.SYNCING.value)
+        ready_stage.with_options(name="reverse-sync-ready")(rm)
+        out = _decide(rm, relay_id=flow_run_id, report_dir=report_dir, metrics=metrics, live=live, words=REVERSE)
+        return _reverse_result(m, forward, out, report_dir)
+    finally:
+        doc = rm.store.get(rm.name)
+        if doc is not None:
+            metrics.phase(rm.name, doc.phase.value)
+        rm.close()
+
+
+def _reverse_result(
+    m: Migration, forward: dict[str, Any] | None, out: dict[str, Any], report_dir: str | None
+) -> dict[str, Any]:
+    """The run's result after a reverse sync: the forward migration's description, its cutover, and how the
+    reverse ended (``rollback``: the rollback's two moments, when there was one)."""
+    publish_report(m, report_dir)  # the forward report, with the reverse sync in it
+    d = describe(m.store, m.name)
+    return {
+        **d,
+        "cutover": (forward or {}).get("cutover"),
+        "rollback": out.get("cutover"),
+        "reverse_phase": out.get("phase"),
+    }
 
 
 __all__ = ["CONFIRM_TEXT", "CutoverDecision", "Phase", "decision_input", "form_description", "migrate_flow"]

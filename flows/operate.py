@@ -45,7 +45,11 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
 
     cfg = load_resolved(config)  # fail fast, with exit 2, on a broken file or link
     with connect_side(cfg, "destination") as dst:  # a second driver is refused before Prefect starts
-        MetadataStore(dst).check_lock(cfg.name, None, cfg.tuning.lock_timeout_seconds)
+        from tasks.reverse import pending_reverse, reverse_name
+
+        store = MetadataStore(dst)
+        driven = reverse_name(cfg.name) if not restart and pending_reverse(store, cfg.name) else cfg.name
+        store.check_lock(driven, None, cfg.tuning.lock_timeout_seconds)
     err.print(
         f"[bold]livemigrate[/]: starting the migrate flow for {config} (approve with `livemigrate cutover --config {config}`)"
     )
@@ -91,6 +95,14 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
             out.print(f"[yellow]warning:[/] {w}")
         if cut.get("report"):
             out.print(f"migration report: {cut['report']}")
+    back = result.get("rollback") or {}
+    if back:
+        out.print(f"rolled back: the source reopened for writes at {back.get('destination_ready_at')}")
+        out.print(f"rollback complete: {back.get('completed_at')}")
+        for w in back.get("warnings", []):
+            out.print(f"[yellow]warning:[/] {w}")
+    elif result.get("reverse_phase"):
+        out.print(f"reverse sync ended: [bold]{result['reverse_phase']}[/]")
     return EXIT_OK if phase in ("complete", "cancelled") else EXIT_FAILED
 
 
@@ -169,14 +181,31 @@ def decision_cli(
     as_json: bool,
     full_verification: bool = False,
 ) -> int:
-    from flows.migrate import CONFIRM_TEXT, decision_input
+    from flows.migrate import CONFIRM_TEXT, ROLLBACK_CONFIRM_TEXT, decision_input, rollback_input
     from tasks.migration import judge_decision
+    from tasks.reverse import pending_reverse, reverse_name, rollback_words
 
     cfg = load_resolved(config)
     who = approver or getpass.getuser()
     with connect_side(cfg, "destination") as dst:
         store = MetadataStore(dst)
-        doc = store.load(cfg.name)
+        # rollback and finish act on the reverse sync (tasks/reverse.py); so does extend once it runs.
+        reverse = action in ("rollback", "finish") or (
+            action == "extend" and pending_reverse(store, cfg.name) is not None
+        )
+        name = reverse_name(cfg.name) if reverse else cfg.name
+        found = store.get(name) if reverse else store.load(cfg.name)
+        if found is None:
+            msg = (
+                f"{action} refused: migration {cfg.name} has no reverse sync (it is not `reversible: true`, or it "
+                "has not been cut over yet)"
+            )
+            if as_json:
+                print(json.dumps({"migration": cfg.name, "action": action, "status": "refused", "message": msg}))
+            else:
+                err.print(msg)
+            return EXIT_FAILED
+        doc = found
 
         def say(status: str, message: str, code: int) -> int:
             if as_json:
@@ -191,7 +220,7 @@ def decision_cli(
         verdict = judge_decision(
             doc,
             cfg,
-            action,
+            {"rollback": "cutover", "finish": "cancel"}.get(action, action),
             approver=who,
             confirm=True,
             lag=doc.lag.lag_seconds,
@@ -199,6 +228,8 @@ def decision_cli(
             full_verification=full_verification,
             differences=differences,
         )
+        if reverse:
+            verdict = type(verdict)(verdict.status, rollback_words(verdict.reason))
         if verdict.status == "already":
             return say("already", verdict.reason, EXIT_OK)
         if not verdict.accepted:
@@ -206,14 +237,16 @@ def decision_cli(
             if not reason_text.startswith(action):
                 reason_text = f"{action} refused: {reason_text}"
             return say("refused", reason_text, EXIT_FAILED)
-        if action == "cutover" and not yes and not (sys.stdin.isatty() and _confirm(CONFIRM_TEXT)):
-            return say("refused", "cutover not confirmed (pass --yes, or answer the prompt)", EXIT_FAILED)
-        payload = decision_input(action, who, reason, confirm=True, full_verification=full_verification)
+        confirm_text = ROLLBACK_CONFIRM_TEXT if action == "rollback" else CONFIRM_TEXT
+        if action in ("cutover", "rollback") and not yes and not (sys.stdin.isatty() and _confirm(confirm_text)):
+            return say("refused", f"{action} not confirmed (pass --yes, or answer the prompt)", EXIT_FAILED)
+        make = rollback_input if reverse else decision_input
+        payload = make(action, who, reason, confirm=True, full_verification=full_verification)
         if _resume_through_api(doc.flow_run_id or "", payload):
             return say(
                 "sent", f"{action} sent to flow run {doc.flow_run_id} through the Prefect API (approver {who})", EXIT_OK
             )
-        store.update(cfg.name, pending_decision=payload)
+        store.update(name, pending_decision=payload)
         return say(
             "queued",
             f"{action} queued for the running migrate flow of {cfg.name} (approver {who}); "

@@ -189,11 +189,13 @@ class ReverseMigration(Migration):
         )
         return Verdict(verdict.status, rollback_words(verdict.reason))
 
-    def rollback(self, approver: str, reason: str, verify: VerifyFn, *, full_verification: bool = False) -> Any:
-        """The reverse cutover; afterwards the forward record says its source is open again."""
-        result = self.cutover(approver, reason, verify, full_verification=full_verification)
+    def cutover(self, approver: str, reason: str, verify: VerifyFn, *, full_verification: bool = False) -> Any:
+        """The rollback; afterwards the forward record says its source is open again."""
+        result = super().cutover(approver, reason, verify, full_verification=full_verification)
         self._source_reopened()
         return result
+
+    rollback = cutover
 
     def resume_cutover(self, verify: VerifyFn) -> Any:
         result = super().resume_cutover(verify)
@@ -236,3 +238,15 @@ class ReverseMigration(Migration):
 def rollback_words(text: str) -> str:
     """A cutover's wording for its reverse: the rollback."""
     return text.replace("cut over", "roll back").replace("cutover", "rollback")
+
+
+def pending_reverse(store: MetadataStore, name: str) -> MigrationDoc | None:
+    """The reverse sync a run of the forward migration ``name`` should go on with: its forward record is
+    complete and its reverse record has not ended (syncing, rolling back, or failed and resumable)."""
+    forward = store.get(name)
+    if forward is None or forward.phase != Phase.COMPLETE:
+        return None
+    rdoc = store.get(reverse_name(name))
+    if rdoc is None or rdoc.reverse_of != name or rdoc.phase in TERMINAL:
+        return None
+    return rdoc
