@@ -89,6 +89,9 @@ def application_on_destination(dst: MongoClient[Any], dbname: str) -> None:
     users.insert_one({"_id": 190, "email": "u191@x", "n": "reused"})  # a deleted document's value, reused
     orders.create_index([("user", ASCENDING), ("total", -1)], name="user_total")
     users.create_index([("n", ASCENDING)], name="n_1", sparse=True)
+    # A new unique index: built non-unique on the source during the reverse sync, made unique at the rollback.
+    orders.create_index([("ref", ASCENDING)], name="ref_1", unique=True, sparse=True)
+    orders.update_one({"_id": "o1"}, {"$set": {"ref": "R-1"}})
     dst[dbname]["audit"].insert_many([{"_id": i, "what": "created after the cutover"} for i in range(20)])
 
 
@@ -126,6 +129,7 @@ def test_reverse_sync_follows_the_destination_and_rollback_reopens_the_source(
     assert assert_same_data(src_client, dst_client, [dbname]) > 400
     assert index_specs(src_client, dbname) == index_specs(dst_client, dbname)
     assert src_client[dbname]["users"].index_information()["email_1"].get("unique") is True
+    assert src_client[dbname]["orders"].index_information()["ref_1"].get("unique") is True
 
     store = dst_client["__livemigrate"]["migrations"]
     forward = store.find_one({"_id": cfg.name})
