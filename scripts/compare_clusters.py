@@ -5,8 +5,8 @@ For each database named: the collections and views (``listCollections``: type an
 the indexes (``listIndexes``: every field but the server's ``v``/``ns``), and every document byte for byte
 (raw BSON, keyed by the raw ``_id``).  It reads the servers' own replies and uses nothing from livemigrate,
 so it can judge livemigrate's result.  One difference is named, not counted: a unique index that shows
-``prepareUnique: false`` only on the destination (some servers keep the field after a unique conversion;
-MongoDB 7.0+ removes it).
+``prepareUnique: false`` on one side only (some servers keep the field after a unique conversion; MongoDB
+7.0+ removes it; after a rollback the source holds such conversions).
 
 usage: compare_clusters.py --source URI --destination URI --db NAME [--db NAME ...]
 exit 0: equal; 1: different (each difference on stdout, one per line); 2: could not compare.
@@ -65,9 +65,12 @@ def compare(src: MongoClient[Any], dst: MongoClient[Any], dbs: list[str]) -> tup
                 sa, sb = ia.get(idx), ib.get(idx)
                 if sa == sb:
                     continue
-                if sa is not None and sb is not None and sb.get("prepareUnique") is False and sb.get("unique"):
-                    if sa == {k: v for k, v in sb.items() if k != "prepareUnique"}:
-                        notes.append(f"{where} index {idx}: prepareUnique: false on the destination only")
+                if sa is not None and sb is not None:
+                    # Either side: after a rollback (reversible migrations) the source holds converted indexes.
+                    side, has, lacks = ("destination", sb, sa) if "prepareUnique" in sb else ("source", sa, sb)
+                    plain = {k: v for k, v in has.items() if k != "prepareUnique"}
+                    if has.get("prepareUnique") is False and has.get("unique") and plain == lacks:
+                        notes.append(f"{where} index {idx}: prepareUnique: false on the {side} only")
                         continue
                 diffs.append(f"{where} index {idx}: {sa} vs {sb}")
             da, dbb = documents(src, db, name), documents(dst, db, name)

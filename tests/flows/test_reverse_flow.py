@@ -140,6 +140,15 @@ def test_reverse_sync_survives_kill_9_and_the_rollback_is_approved_from_the_cli(
     assert "rolled back: the source reopened for writes at" in out, out
 
     assert assert_same_data(src_client, dst_client, [dbname]) > 0  # the source holds every write made after the cutover
+    compare = subprocess.run(  # and a second opinion that uses none of livemigrate's code
+        [sys.executable, "scripts/compare_clusters.py", "--source", pair[0].uri, "--destination", pair[1].uri]
+        + ["--db", dbname],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert compare.returncode == 0, compare.stdout[-3000:] + compare.stderr[-2000:]
     assert index_specs(src_client, dbname) == index_specs(dst_client, dbname)
     forward, reverse = store.load(name), store.load(rname)
     assert [(d.action, d.approver) for d in forward.decisions] == [("cutover", "alice")]

@@ -36,6 +36,7 @@ import tasks.migration as tm
 class Store:
     def __init__(self, client): pass
     def check_lock(self, *args): pass
+    def get(self, name): return None
 
 op.connect_side = lambda cfg, side: contextlib.nullcontext()
 op.MetadataStore = Store
