@@ -140,9 +140,9 @@ def test_reverse_sync_survives_kill_9_and_the_rollback_is_approved_from_the_cli(
     assert "rolled back: the source reopened for writes at" in out, out
 
     assert assert_same_data(src_client, dst_client, [dbname]) > 0  # the source holds every write made after the cutover
+    uris = [pair[0].uri, "--destination", pair[1].uri]
     compare = subprocess.run(  # and a second opinion that uses none of livemigrate's code
-        [sys.executable, "scripts/compare_clusters.py", "--source", pair[0].uri, "--destination", pair[1].uri]
-        + ["--db", dbname],
+        [sys.executable, "scripts/compare_clusters.py", "--db", dbname, "--source", *uris],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,6 +11,7 @@ test_reverse_write_block.py.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -140,3 +141,45 @@ def test_reverse_sync_follows_the_destination_and_rollback_reopens_the_source(
         ("rollback", "bob"),
     ]
     assert reverse["phase"] == "complete" and reverse["destination_ready_at"] is not None
+
+
+def test_finish_ends_the_reverse_sync_and_the_cli_refuses_what_does_not_apply(
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient[Any],
+    dst_client: MongoClient[Any],
+    dbname: str,
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    from flows.operate import decision_cli
+    from tasks.errors import TerminalError
+    from tasks.metadata import MetadataStore
+
+    src_client[dbname]["items"].insert_many([{"_id": i} for i in range(50)])
+    cfg = reversible_config(pair, dbname)
+    path = tmp_path / "m.yaml"  # what `livemigrate rollback --config` reads: the name and the destination
+    path.write_text(
+        yaml.safe_dump({"name": cfg.name, "source": {"uri": pair[0].uri}, "destination": {"uri": pair[1].uri}})
+    )
+
+    def cli(action: str) -> int:
+        return decision_cli(path, action, approver="carol", reason="test", yes=True, as_json=False)
+
+    assert cli("rollback") == 1  # no reverse sync yet: the migration has not been cut over
+    forward_cutover(cfg, src_client, dst_client)
+    assert cli("rollback") == 1  # the reverse sync has not run: not ready (no lag known)
+    store = MetadataStore(dst_client)
+    with ReverseMigration(cfg, src_client, dst_client) as rm:
+        rm.begin()
+        assert rm.wait_ready(30)
+        assert rm.judge("finish", "carol").accepted and not rm.judge("cutover-now", "carol").accepted
+        doc = rm.finish("carol", "the new cluster is fine")
+        assert doc.phase == Phase.FINISHED
+        with pytest.raises(TerminalError):
+            rm.begin()  # ended for good
+    assert store.lock_holder() is None
+    reverse = store.load(reverse_name(cfg.name))
+    assert [(d.action, d.approver) for d in reverse.decisions] == [("reverse-sync", "alice"), ("finish", "carol")]
+    assert reverse.destination_write_blocked == store.load(cfg.name).write_blocked  # the source: as it was
+    assert cli("rollback") == 1  # ended: nothing to roll back
