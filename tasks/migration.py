@@ -796,7 +796,9 @@ class Migration:
                 # Before the destination opens: every application write there reaches the source (tasks/reverse.py).
                 from tasks.reverse import capture_reverse_start
 
-                capture_reverse_start(self, self.store.load(self.name))
+                self._retrying(
+                    "reverse sync start point", lambda: capture_reverse_start(self, self.store.load(self.name))
+                )
                 clock.lap("reverse_start")
             self._unblock_destination(self.store.load(self.name))
             result.destination_ready_at = utcnow()
