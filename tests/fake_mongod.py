@@ -59,6 +59,8 @@ class FakeSpec:
     users: list[tuple[str, str]] = field(default_factory=lambda: [("migrator", "admin")])
     roles: list[tuple[str, str]] = field(default_factory=lambda: [("backup", "admin"), ("readAnyDatabase", "admin")])
     mechanisms: list[str] = field(default_factory=lambda: ["SCRAM-SHA-1", "SCRAM-SHA-256"])
+    # connectionStatus's authInfo.authenticatedUserPrivileges: [{resource, actions}], roles expanded
+    privileges: list[dict[str, Any]] = field(default_factory=list)
     mem_mb: int = 16384
     cores: int = 8
     databases: dict[str, list[str]] = field(default_factory=lambda: {"app": ["orders"]})
@@ -479,7 +481,7 @@ class FakeMongod:
                 "authInfo": {
                     "authenticatedUsers": [{"user": u, "db": d} for u, d in s.users],
                     "authenticatedUserRoles": [{"role": r, "db": d} for r, d in s.roles],
-                    "authenticatedUserPrivileges": [],
+                    "authenticatedUserPrivileges": s.privileges,
                 }
             }
         if name == "usersinfo":

@@ -57,6 +57,10 @@ class SideFacts:
     # hostInfo
     mem_mb: int | None = None
     cores: int | None = None
+    # connectionStatus {showPrivileges: true}: read only for a reversible migration (gather_privileges)
+    users: list[str] | None = None  # "user@db"
+    privileges: list[dict[str, Any]] | None = None  # [{resource, actions}], inherited ones included
+    access_control: bool | None = None  # False: no user and every command allowed; None: not known
     problems: dict[str, str] = field(default_factory=dict)
 
     def need(self, name: str) -> Any:
@@ -127,6 +131,7 @@ class Facts:
     sharding_entries: list[dict[str, Any]] = field(default_factory=list)
     copy_rate_mb_s: float | None = None
     lock_timeout_s: float = 60.0
+    reversible: bool = False  # the reverse sync's checks run (checks/prechecks/reverse.py)
 
 
 def attempt(problems: dict[str, str], key: str, fn: Callable[[], T], where: str = "") -> T | None:
@@ -204,12 +209,7 @@ def gather_auth(client: MongoClient[Any], uri: str, tls_ca_file: str | None, tim
     auth.users = [f"{u.get('user')}@{u.get('db')}" for u in users]
     roles = {f"{r.get('role')}@{r.get('db')}" for r in info.get("authenticatedUserRoles", [])}
     if not users:
-        # No user: is authentication off, or did the URI just not give one?
-        ok = attempt(problems, "listDatabases", lambda: client.admin.command({"listDatabases": 1, "nameOnly": True}))
-        if ok is not None:
-            auth.auth_enforced = False
-        elif "not authorized" in problems.get("listDatabases", ""):
-            auth.auth_enforced = True
+        auth.auth_enforced = access_control_on(client, problems)
         auth.roles = sorted(roles)
         return auth
     auth.auth_enforced = True
@@ -235,6 +235,36 @@ def gather_auth(client: MongoClient[Any], uri: str, tls_ca_file: str | None, tim
         ]
         auth.mechanisms_source = "probe"
     return auth
+
+
+def access_control_on(client: MongoClient[Any], problems: dict[str, str], key: str = "listDatabases") -> bool | None:
+    """For a connection with no authenticated user: is authentication off, or did the URI just not give one?
+
+    listDatabases answers anyone when access control is off and refuses an unauthenticated client when it
+    is on; any other failure leaves the question open (None, the reason under ``key``).
+    """
+    ok = attempt(problems, key, lambda: client.admin.command({"listDatabases": 1, "nameOnly": True}))
+    if ok is not None:
+        return False
+    return True if "not authorized" in problems.get(key, "") else None
+
+
+def gather_privileges(client: MongoClient[Any], facts: SideFacts) -> None:
+    """Who this side's connection is and every privilege it holds (a reversible migration's checks judge them).
+
+    ``connectionStatus {showPrivileges: true}`` (MongoDB manual, 6.0-8.0): ``authInfo.authenticatedUsers``
+    and ``authInfo.authenticatedUserPrivileges`` ``[{resource, actions}]``, the roles already expanded.
+    """
+    p = facts.problems
+    status = attempt(p, "privileges", lambda: client.admin.command({"connectionStatus": 1, "showPrivileges": True}))
+    if status is None:
+        p["users"] = p["access_control"] = p["privileges"]
+        return
+    info = status.get("authInfo") or {}
+    users = list(info.get("authenticatedUsers") or [])
+    facts.users = [f"{u.get('user')}@{u.get('db')}" for u in users]
+    facts.privileges = [dict(priv) for priv in info.get("authenticatedUserPrivileges") or []]
+    facts.access_control = True if users else access_control_on(client, p, "access_control")
 
 
 def _can_authenticate(uri: str, mechanism: str, tls_ca_file: str | None, timeout_s: float) -> bool:

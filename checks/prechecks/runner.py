@@ -34,10 +34,12 @@ from checks.prechecks.facts import (
     attempt,
     gather_auth,
     gather_destination,
+    gather_privileges,
     gather_scope,
     gather_side,
     probe_identity,
 )
+from checks.prechecks.reverse import rule_reverse_destination, rule_reverse_source
 from checks.results import CheckResult, PrecheckReport, Status
 from tasks.config import MigrationConfig
 from tasks.errors import EXIT_FAILED, LiveMigrateError, TerminalError, classify
@@ -69,6 +71,12 @@ RULES: tuple[tuple[str, Rule], ...] = (
     ("unsupported", rule_unsupported),
 )
 CHECK_IDS: tuple[str, ...] = tuple(cid for cid, _ in RULES)
+# Only for a reversible migration (config `reversible: true`), after the others; absent otherwise.
+REVERSE_RULES: tuple[tuple[str, Rule], ...] = (
+    ("reverse-source", rule_reverse_source),
+    ("reverse-destination", rule_reverse_destination),
+)
+REVERSE_CHECK_IDS: tuple[str, ...] = tuple(cid for cid, _ in REVERSE_RULES)
 
 
 class PrechecksFailedError(TerminalError):
@@ -81,7 +89,7 @@ class PrechecksFailedError(TerminalError):
 def apply_rules(facts: Facts) -> list[CheckResult]:
     """Every rule over the same facts; CannotCheck -> skip, anything else unexpected -> fail."""
     out: list[CheckResult] = []
-    for cid, rule in RULES:
+    for cid, rule in RULES + (REVERSE_RULES if facts.reversible else ()):
         try:
             result = rule(facts)
         except CannotCheck as why:
@@ -116,12 +124,16 @@ def gather(config: MigrationConfig, src: MongoClient[Any] | None, dst: MongoClie
     p = facts.problems
     if src is not None:
         attempt(p, "source facts", lambda: gather_side(src, facts.source))
+        if config.reversible:
+            gather_privileges(src, facts.source)
         ca = str(config.source.tls_ca_file) if config.source.tls_ca_file else None
         auth = attempt(p, "auth", lambda: gather_auth(src, config.source_uri(), ca, timeout))
         facts.auth = auth or facts.auth
         attempt(p, "scope", lambda: gather_scope(src, nsfilter, facts.scope, p))
     if dst is not None:
         attempt(p, "destination facts", lambda: gather_side(dst, facts.destination))
+        if config.reversible:
+            gather_privileges(dst, facts.destination)
         attempt(p, "destination state", lambda: gather_destination(dst, nsfilter, facts.dest, p))
     if src is not None and dst is not None:
         facts.identity = attempt(p, "identity", lambda: probe_identity(src, dst, facts.source, facts.destination)) or {}
@@ -168,6 +180,7 @@ def run_prechecks(config: MigrationConfig, *, store: bool = False) -> PrecheckRe
         ],
         copy_rate_mb_s=config.tuning.copy_rate_mb_s,
         lock_timeout_s=config.tuning.lock_timeout_seconds,
+        reversible=config.reversible,
     )
     # Both connections in parallel: an unreachable side costs one timeout, not two.
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="precheck-connect") as pool:

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from checks.prechecks import PrecheckReport, Status, run_prechecks
+from checks.prechecks import CHECK_IDS, REVERSE_CHECK_IDS, PrecheckReport, Status, run_prechecks
 from tasks.config import config_from_dict
 from tests.fake_atlas import PROJECT_ID, atlas_error, dedicated_cluster, fake_atlas, shared_cluster
 from tests.fake_mongod import UNAUTHORIZED, FakeMongod, FakeSpec, fake_mongod
+from tests.privilege_replies import REVERSE_READY, roles
 
 pytestmark = pytest.mark.integration
 SHARDED_ROLES = [("backup", "admin"), ("readAnyDatabase", "admin"), ("clusterMonitor", "admin")]
@@ -45,6 +46,22 @@ def test_fakes_pass_every_check() -> None:
         report = check(s, d)
     assert {c.id: c.status for c in report.checks} == {c.id: Status.PASS for c in report.checks}, report.to_json()
     assert report.check("connect").evidence["identity"]["same"] is False
+
+
+def test_reverse_checks_only_for_a_reversible_migration() -> None:
+    """reversible: true reads both sides' privileges over the wire and adds the reverse checks; else nothing new."""
+    dst = FakeSpec(databases={}, privileges=roles("readWriteAnyDatabase", "dbAdminAnyDatabase"))
+    with fakes(FakeSpec(privileges=REVERSE_READY), dst) as (s, d):
+        plain = check(s, d)
+        assert d.sent("connectionStatus") == []  # the plain run asks the destination nothing new
+        rev = check(s, d, reversible=True)
+        assert d.sent("connectionStatus")[-1]["showPrivileges"] is True
+    assert [c.id for c in plain.checks] == list(CHECK_IDS)
+    assert [c.id for c in rev.checks] == list(CHECK_IDS) + list(REVERSE_CHECK_IDS)
+    assert rev.check("reverse-source").status == Status.PASS, rev.check("reverse-source")
+    assert rev.check("reverse-source").evidence["namespaces"] == 1  # app.orders
+    r = rev.check("reverse-destination")
+    assert r.status == Status.WARN and "setUserWriteBlockMode" in r.summary
 
 
 # -- version / fcv ----------------------------------------------------------------
