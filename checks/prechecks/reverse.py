@@ -99,9 +99,9 @@ def _who(s: SideFacts) -> str:
 
 
 def _where(targets: Sequence[Target], ns_total: int) -> str:
-    if targets[0].kind != "namespace":
+    if targets[0].kind in ("cluster", "any_normal"):
         return str(targets[0])
-    if len(targets) == ns_total and ns_total > SHOWN:
+    if targets[0].kind == "namespace" and len(targets) == ns_total and ns_total > SHOWN:
         return f"all {ns_total} migrated namespaces"
     names = ", ".join(str(t) for t in targets[:SHOWN])
     return names + (f" (+{len(targets) - SHOWN} more)" if len(targets) > SHOWN else "")

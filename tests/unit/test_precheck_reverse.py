@@ -146,6 +146,21 @@ def test_destination_without_change_stream_fails() -> None:
     assert "readAnyDatabase" in r.remedy
 
 
+def test_destination_catalog_reads_are_named_per_database_and_namespace() -> None:
+    f = reversible(
+        dst=merge(roles("restore"), [{"resource": {"db": "", "collection": ""}, "actions": ["changeStream", "find"]}])
+    )
+    f.scope.namespaces = ["app.orders", "shop.carts", "shop.items", "zoo.a", "zoo.b"]
+    r = rule_reverse_destination(f)
+    assert r.status == Status.FAIL and missing_actions(r) == {"listIndexes"}
+    # restore carries listCollections on anyResource; listIndexes is missing on every namespace
+    assert "lacks listIndexes on all 5 migrated namespaces" in r.summary, r.summary
+    f.destination.privileges = [p for p in f.destination.privileges or [] if p["resource"] != {"anyResource": True}]
+    r = rule_reverse_destination(f)
+    assert missing_actions(r) == {"listCollections", "listIndexes"}
+    assert "listCollections on app, shop, zoo" in r.summary, r.summary
+
+
 def test_a_database_role_cannot_open_the_deployment_wide_stream() -> None:
     db_scoped = merge([{"resource": {"db": "app", "collection": ""}, "actions": READ_WRITE}], roles("restore"))
     r = rule_reverse_destination(reversible(dst=db_scoped))
