@@ -22,11 +22,13 @@ import logging
 from typing import Any
 
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from tasks.config import MigrationConfig, Sharding
 from tasks.errors import TerminalError
 from tasks.metadata import MetadataStore
 from tasks.migration import ACTIONS, Migration, Verdict, VerifyFn
+from tasks.privileges import CLUSTER, lacking
 from tasks.progress import ProgressSink, null_sink
 from tasks.state import TERMINAL, Checkpoint, Decision, MigrationDoc, Phase, utcnow
 from tasks.sync import fcv, open_start_point, ts_dict
@@ -206,6 +208,25 @@ class ReverseMigration(Migration):
         doc = self.store.load(self.name)
         if doc.phase == Phase.COMPLETE and not doc.destination_write_blocked:
             self.store.update(self.forward_name, write_blocked=False)
+
+    def _block_writes(self) -> bool:
+        """The rollback closes the destination only where this migration can go on writing its own records
+        there (its metadata store is on the destination): with ``bypassWriteBlockingMode``.  Without it, the
+        destination is watched standing still instead, as on a server without write blocking."""
+        try:
+            status = self.src.admin.command({"connectionStatus": 1, "showPrivileges": True})
+        except PyMongoError:
+            status = {}
+        info = status.get("authInfo") or {}
+        privileges = info.get("authenticatedUserPrivileges") or []
+        if info.get("authenticatedUsers") and lacking(privileges, [("bypassWriteBlockingMode", CLUSTER)]):
+            log.warning(
+                "the rollback does not block the destination's writes: the migration user lacks "
+                "bypassWriteBlockingMode there and could not write its own records through the block; stop "
+                "the application's writes to the destination (livemigrate watches it stand still)"
+            )
+            return False
+        return super()._block_writes()
 
     def cancel(self, approver: str, reason: str = "") -> MigrationDoc:
         return self.finish(approver, reason)

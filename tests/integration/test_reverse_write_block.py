@@ -44,11 +44,18 @@ def _refused(app: MongoClient[Any], db: str) -> bool:
     return False
 
 
+@pytest.mark.parametrize("bypass_on_destination", [True, False], ids=["bypass", "no-bypass"])
 def test_rollback_closes_the_destination_then_reopens_the_source(
-    pair: tuple[Deployment, Deployment], src_client: MongoClient[Any], dst_client: MongoClient[Any], dbname: str
+    bypass_on_destination: bool,
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient[Any],
+    dst_client: MongoClient[Any],
+    dbname: str,
 ) -> None:
+    """Without bypassWriteBlockingMode on the destination the rollback must not block it (its own records
+    live there): it watches the destination stand still instead, and still reopens the source."""
     seed(src_client, dbname)
-    s_script, d_script = WriteBlockScript(), WriteBlockScript()
+    s_script, d_script = WriteBlockScript(), WriteBlockScript(may_bypass=bypass_on_destination)
     with (
         WriteBlockProxy(_backend(pair[0]), s_script) as s_proxy,
         WriteBlockProxy(_backend(pair[1]), d_script) as d_proxy,
@@ -79,14 +86,16 @@ def test_rollback_closes_the_destination_then_reopens_the_source(
             assert d_script.blocks == []
 
             back = rm.rollback("bob", "roll back", _verify(rm))
-            assert back.phase.value == "complete" and back.downtime and back.downtime["blocked"] is True
+            assert back.phase.value == "complete" and back.downtime
+            assert back.downtime["blocked"] is bypass_on_destination
         # The destination was blocked first (its writes stop), the source reopened last.
-        assert d_script.blocks == [True] and d_script.blocked
+        assert d_script.blocks == ([True] if bypass_on_destination else [])
         assert s_script.blocks == [True, False] and not s_script.blocked
-        assert _refused(app_dst, dbname)
+        assert _refused(app_dst, dbname) is bypass_on_destination
         assert not _refused(app_src, dbname)  # the application's turn on the source again
         store = MetadataStore(dst_client)
         assert store.load(cfg.name).write_blocked is False  # the forward record: its source is open
-        assert store.load(rm.name).write_blocked is True  # the reverse record: the destination stays closed
+        assert store.load(rm.name).write_blocked is bypass_on_destination  # the destination stays closed
+        dst_client[dbname]["users"].delete_many({"email": "app-write@x"})
     src_client[dbname]["users"].delete_one({"email": "app-write@x"})
     assert_same_data(src_client, dst_client, [dbname])
