@@ -45,12 +45,31 @@ def test_serve_exposes_every_metric_with_values() -> None:
     finally:
         m.stop()
 
-    assert got[("livemigrate_documents_copied", (("migration", "mig1"), ("namespace", "app.users")))] == 1234
-    assert got[("livemigrate_bytes_copied", (("migration", "mig1"), ("namespace", "app.users")))] == 56789
-    assert got[("livemigrate_documents_copied", (("migration", "mig1"), ("namespace", "app.orders")))] == 10
-    assert got[("livemigrate_events_applied", (("migration", "mig1"),))] == 42
-    assert got[("livemigrate_lag_seconds", (("migration", "mig1"),))] == 1.5
-    assert got[("livemigrate_events_per_second", (("migration", "mig1"),))] == 7.25
+    assert (
+        got[
+            (
+                "livemigrate_documents_copied",
+                (("direction", "forward"), ("migration", "mig1"), ("namespace", "app.users")),
+            )
+        ]
+        == 1234
+    )
+    assert (
+        got[("livemigrate_bytes_copied", (("direction", "forward"), ("migration", "mig1"), ("namespace", "app.users")))]
+        == 56789
+    )
+    assert (
+        got[
+            (
+                "livemigrate_documents_copied",
+                (("direction", "forward"), ("migration", "mig1"), ("namespace", "app.orders")),
+            )
+        ]
+        == 10
+    )
+    assert got[("livemigrate_events_applied", (("direction", "forward"), ("migration", "mig1")))] == 42
+    assert got[("livemigrate_lag_seconds", (("direction", "forward"), ("migration", "mig1")))] == 1.5
+    assert got[("livemigrate_events_per_second", (("direction", "forward"), ("migration", "mig1")))] == 7.25
     phases = {dict(k[1])["phase"]: v for k, v in got.items() if k[0] == "livemigrate_phase"}
     assert phases["syncing"] == 1
     assert sum(phases.values()) == 1 and "cloning" in phases
@@ -61,9 +80,15 @@ def test_phase_moves_and_unknown_lag_is_nan() -> None:
     m.phase("m", "cloning")
     m.phase("m", "syncing")
     m.sync_tick("m", _State(lag_seconds=None))
-    assert m.registry.get_sample_value("livemigrate_phase", {"migration": "m", "phase": "cloning"}) == 0
-    assert m.registry.get_sample_value("livemigrate_phase", {"migration": "m", "phase": "syncing"}) == 1
-    lag = m.registry.get_sample_value("livemigrate_lag_seconds", {"migration": "m"})
+    assert (
+        m.registry.get_sample_value("livemigrate_phase", {"migration": "m", "direction": "forward", "phase": "cloning"})
+        == 0
+    )
+    assert (
+        m.registry.get_sample_value("livemigrate_phase", {"migration": "m", "direction": "forward", "phase": "syncing"})
+        == 1
+    )
+    lag = m.registry.get_sample_value("livemigrate_lag_seconds", {"migration": "m", "direction": "forward"})
     assert lag is not None and math.isnan(lag)
 
 
@@ -73,7 +98,7 @@ def test_two_instances_do_not_share_a_registry_and_stop_frees_the_port() -> None
     _, port_b = b.serve(0)
     try:
         a.sync_tick("x", _State(applied_events=1))
-        assert ("livemigrate_events_applied", (("migration", "x"),)) not in _scrape(port_b)
+        assert ("livemigrate_events_applied", (("direction", "forward"), ("migration", "x"))) not in _scrape(port_b)
     finally:
         a.stop()
         b.stop()
@@ -96,9 +121,55 @@ def test_downtime_and_verification_figures_are_served_by_part() -> None:
         got = _scrape(port)
     finally:
         m.stop()
-    assert got[("livemigrate_verification_differences", (("migration", "mig1"),))] == 2
-    assert got[("livemigrate_verification_partitions_proven", (("migration", "mig1"),))] == 7
-    assert got[("livemigrate_downtime_estimate_seconds", (("migration", "mig1"), ("part", "total")))] == 3.5
-    assert got[("livemigrate_downtime_estimate_seconds", (("migration", "mig1"), ("part", "final_checks")))] == 2.0
-    assert got[("livemigrate_downtime_seconds", (("migration", "mig1"), ("part", "total")))] == 4.25
-    assert got[("livemigrate_downtime_seconds", (("migration", "mig1"), ("part", "drain")))] == 1.5
+    assert got[("livemigrate_verification_differences", (("direction", "forward"), ("migration", "mig1")))] == 2
+    assert got[("livemigrate_verification_partitions_proven", (("direction", "forward"), ("migration", "mig1")))] == 7
+    assert (
+        got[
+            (
+                "livemigrate_downtime_estimate_seconds",
+                (("direction", "forward"), ("migration", "mig1"), ("part", "total")),
+            )
+        ]
+        == 3.5
+    )
+    assert (
+        got[
+            (
+                "livemigrate_downtime_estimate_seconds",
+                (("direction", "forward"), ("migration", "mig1"), ("part", "final_checks")),
+            )
+        ]
+        == 2.0
+    )
+    assert (
+        got[("livemigrate_downtime_seconds", (("direction", "forward"), ("migration", "mig1"), ("part", "total")))]
+        == 4.25
+    )
+    assert (
+        got[("livemigrate_downtime_seconds", (("direction", "forward"), ("migration", "mig1"), ("part", "drain")))]
+        == 1.5
+    )
+
+
+def test_the_reverse_sync_is_its_own_direction_under_the_forward_name() -> None:
+    """The flow reports the reverse sync under ``<name>~reverse``: same migration label, direction=reverse."""
+    m = Metrics()
+    m.phase("mig1", "complete")
+    m.sync_tick("mig1", _State(applied_events=500, lag_seconds=0.0, events_per_second=3.0))
+    m.phase("mig1~reverse", "syncing")
+    m.sync_tick("mig1~reverse", _State(applied_events=12, lag_seconds=4.5, events_per_second=2.0))
+    m.downtime("mig1~reverse", {"seconds": 2.0, "parts": {"drain": 1.25}})
+
+    def value(metric: str, direction: str, **extra: str) -> float | None:
+        return m.registry.get_sample_value(metric, {"migration": "mig1", "direction": direction, **extra})
+
+    assert value("livemigrate_lag_seconds", "reverse") == 4.5
+    assert value("livemigrate_lag_seconds", "forward") == 0.0
+    assert value("livemigrate_events_applied", "reverse") == 12
+    assert value("livemigrate_events_per_second", "reverse") == 2.0
+    assert value("livemigrate_phase", "forward", phase="complete") == 1
+    assert value("livemigrate_phase", "reverse", phase="syncing") == 1
+    assert value("livemigrate_phase", "reverse", phase="complete") == 0
+    assert value("livemigrate_downtime_seconds", "reverse", part="drain") == 1.25
+    names = {s.labels["migration"] for f in m.registry.collect() for s in f.samples if "migration" in s.labels}
+    assert names == {"mig1"}  # no series named after the reverse record
