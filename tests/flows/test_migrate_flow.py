@@ -256,8 +256,8 @@ def test_window_expiry(
         "livemigrate_phase",
     ):
         assert metric in body, metric
-    assert f'livemigrate_documents_copied{{migration="{name}",direction="forward",namespace="{dbname}.c"}} 1.0' in body
-    assert f'livemigrate_phase{{migration="{name}",direction="forward",phase="syncing"}} 1.0' in body
+    assert f'livemigrate_documents_copied{{direction="forward",migration="{name}",namespace="{dbname}.c"}} 1.0' in body
+    assert f'livemigrate_phase{{direction="forward",migration="{name}",phase="syncing"}} 1.0' in body
     t.join(60)
     assert t.error is None, t.error
     assert t.result["phase"] == "expired"
