@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.common import cli_guard, load_resolved
-from flows.status import status_rows, utc_text
+from flows.status import status_rows, status_title, utc_text
 from tasks.errors import EXIT_FAILED, EXIT_OK
 from tasks.metadata import MetadataStore
 from tasks.mongo import connect_side
@@ -126,9 +126,7 @@ def describe_cli(config: Path, *, as_json: bool, name: str | None) -> int:
     if as_json:
         print(json.dumps(d, default=str))
         return EXIT_OK
-    t = Table(
-        title=f"migration {d['name']}: {d['phase']} (as of {utc_text(dt.datetime.now(dt.UTC))})", show_header=False
-    )
+    t = Table(title=f"migration {status_title(d)} (as of {utc_text(dt.datetime.now(dt.UTC))})", show_header=False)
     rules = {"max_lag_seconds": cfg.cutover.max_lag_seconds, "ready_after_seconds": cfg.cutover.ready_after_seconds}
     rows = [(k if k.startswith("  ") else k.lower(), v.replace("`", "")) for k, v in status_rows(d, rules)]
     rows.append(("last validation", json.dumps(d["last_validation"], default=str) if d["last_validation"] else "none"))

@@ -81,6 +81,14 @@ def _destination_writes(state: str) -> str:
     return state
 
 
+def _source_writes(state: str, phase: str) -> str:
+    if phase == "complete":
+        return "open again since the rollback"
+    if state == "blocked":
+        return "blocked (setUserWriteBlockMode) until a rollback reopens the source"
+    return state
+
+
 def _lag_text(lag: float | None) -> str:
     return "not measured yet" if lag is None else f"{lag:g} s"
 
@@ -101,8 +109,26 @@ def window(d: dict[str, Any]) -> str:
 def status_rows(
     d: dict[str, Any], rules: dict[str, float] | None = None, now: dt.datetime | None = None
 ) -> list[tuple[str, str]]:
-    """The status as (label, text) rows: what every view shows (form, artifacts, `describe`)."""
+    """The status as (label, text) rows: what every view shows (form, artifacts, `describe`).
+
+    Once a reverse sync exists (``d["reverse"]``) its rows come first, under the direction, then the
+    forward migration's rows as before, then the history of both; a reverse record described on its own
+    shows only its rows and the history.
+    """
     now = now or dt.datetime.now(dt.UTC)
+    if d.get("reverse_of"):
+        fwd = d.get("forward") or {}
+        return [("Direction", direction_text(d["direction"], d)), *reverse_rows(d, rules, now, fwd), *history_rows(d)]
+    rows = _forward_rows(d, rules, now)
+    rev = d.get("reverse")
+    if rev:
+        warnings = [("Reverse sync warning", str(w)) for w in rev.get("warnings") or []]
+        rows = [("Direction", direction_text(d["direction"], rev)), *reverse_rows(rev, rules, now), *warnings, *rows]
+        rows += history_rows(d)
+    return rows
+
+
+def _forward_rows(d: dict[str, Any], rules: dict[str, float] | None, now: dt.datetime) -> list[tuple[str, str]]:
     lag = d["lag"]
     clone = d["clone"]
     catch_up = lag.get("catch_up_seconds")
@@ -136,10 +162,92 @@ def status_rows(
     return rows
 
 
+def status_title(d: dict[str, Any]) -> str:
+    """``orders: syncing``; once a reverse sync exists ``orders: complete, reverse sync syncing (direction: reverse)``."""
+    if d.get("reverse_of"):
+        return f"{d['name']}: {d['phase']} (reverse sync of {d['reverse_of']})"
+    rev = d.get("reverse")
+    if not rev:
+        return f"{d['name']}: {d['phase']}"
+    return f"{d['name']}: {d['phase']}, reverse sync {rev['phase']} (direction: {d['direction']})"
+
+
+def direction_text(direction: str, rev: dict[str, Any]) -> str:
+    """Which way the data flows and what ends the reverse sync."""
+    if direction == "reverse":
+        state = {
+            "syncing": "the reverse sync keeps the source up to date; approve a rollback or finish it",
+            "cutting_over": "rolling back: the source is being reopened to the application",
+        }.get(rev["phase"], f"the reverse sync is {rev['phase']}")
+        return f"reverse (destination → source): {state}"
+    if direction == "rolled back":
+        return "rolled back: the application writes to the source again"
+    if direction == "finished":
+        return "finished: the reverse sync ended for good; the destination is the application's cluster"
+    return "forward (source → destination)"
+
+
+def reverse_rows(
+    rev: dict[str, Any], rules: dict[str, float] | None, now: dt.datetime, forward: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
+    """The reverse sync's rows: rollback readiness, reverse lag, window, and both moments after a rollback.
+
+    ``rev`` is describe()'s ``reverse`` section, or a reverse record's own description (same keys);
+    ``forward``, for a reverse record shown on its own, holds the forward cutover's moments (the forward
+    rows say them otherwise).
+    """
+    lag = rev["lag"]
+    catch_up = lag.get("catch_up_seconds")
+    ready = readiness({**rev, "ready_to_cut_over": rev.get("ready_to_roll_back")}, rules)
+    rows = [
+        ("Ready to roll back", ready),
+        (
+            "Reverse lag (destination → source)",
+            f"{_lag_text(lag.get('lag_seconds'))}, {lag.get('events_per_second')} events/s applied,"
+            f" {lag.get('applied_events')} events in all"
+            + (f"; catch-up in about {human_seconds(catch_up)}" if catch_up else ""),
+        ),
+        ("Latest write on the destination", latest_write(rev, now)),
+        ("Rollback window", window(rev)),
+    ]
+    if forward is not None:
+        rows.append(("Destination -> source", f"{rev['source']} -> {rev['destination']}"))
+    if rev.get("source_writes"):
+        rows.append(("Application writes on the source", _source_writes(rev["source_writes"], rev["phase"])))
+    relabel = {
+        "Verified during the sync": "Verified during the reverse sync",
+        "Differences": "Differences on the source",
+        "Downtime estimate": "Rollback downtime estimate",
+        "Downtime": "Rollback downtime",
+    }
+    rows += [(relabel.get(label, label), text) for label, text in verification_rows(rev)]
+    if rev.get("source_reopened_at"):
+        if forward and forward.get("destination_ready_at"):
+            rows.append(("Destination ready (forward cutover)", utc_text(forward["destination_ready_at"])))
+        rows.append(("Source reopened to the application (rollback)", utc_text(rev["source_reopened_at"])))
+    if rev.get("completed_at"):
+        label = {"complete": "Rolled back", "finished": "Reverse sync finished"}.get(rev["phase"], "Reverse sync ended")
+        rows.append((label, utc_text(rev["completed_at"])))
+    if rev.get("error"):
+        rows.append(("Reverse sync error", str(rev["error"])))
+    return rows
+
+
+def history_rows(d: dict[str, Any], limit: int = 20) -> list[tuple[str, str]]:
+    """describe()'s ``history`` (both records' decisions, oldest first) as rows; the latest ``limit`` of them."""
+    events = d.get("history") or []
+    rows = [("History", f"{len(events)} decisions" + (f", the latest {limit}:" if len(events) > limit else ":"))]
+    for e in events[-limit:]:
+        why = f" ({e['reason']})" if e.get("reason") else ""
+        rows.append(("  decision", f"{utc_text(e['at'])}: {e['event']} by {e['approver'] or '(unnamed)'}{why}"))
+    return rows
+
+
 def status_markdown(d: dict[str, Any], rules: dict[str, float] | None = None, now: dt.datetime | None = None) -> str:
     """The status as markdown, as of ``now`` (UTC): readiness, writes, copy, window, verification."""
     now = now or dt.datetime.now(dt.UTC)
-    lines = [f"### Migration `{d['name']}`: {d['phase']}", "", f"_As of {utc_text(now)}._", ""]
+    name, _, rest = status_title(d).partition(": ")
+    lines = [f"### Migration `{name}`: {rest}", "", f"_As of {utc_text(now)}._", ""]
     for label, text in status_rows(d, rules, now):
         if label.startswith("  "):
             lines.append(f"  - {text}")

@@ -158,3 +158,79 @@ def test_the_destination_write_state_is_shown_and_planned() -> None:
         destination_writes="blocked",
     )
     assert "6. **Destination:** user writes there stay blocked until the destination is ready" in plan
+
+
+def _reversing(phase: str = "syncing", **rev: Any) -> dict[str, Any]:
+    """describe()'s output for a forward migration that is complete, with its reverse sync in ``phase``."""
+    section: dict[str, Any] = {
+        "name": "orders~reverse",
+        "phase": phase,
+        "source": "dst:27017",
+        "destination": "src:27017",
+        "ready_to_roll_back": False,
+        "lag": {"lag_seconds": 42.0, "events_per_second": 3.0, "applied_events": 7, "last_event_time": None},
+        "window": {"opens_at": None, "closes_at": None, "seconds_left": None, "extensions": 0},
+        "source_reopened_at": None,
+        "completed_at": None,
+        "error": None,
+        **rev,
+    }
+    direction = {"complete": "rolled back", "finished": "finished"}.get(phase, "reverse")
+    history = [
+        {"at": "2026-12-01T03:00:00", "event": "cutover", "approver": "alice", "reason": "", "direction": "forward"},
+        {"at": "2026-12-01T03:00:02", "event": "reverse sync started", "approver": "alice", "reason": ""},
+    ]
+    return described(phase="complete", ready_to_cut_over=False, direction=direction, reverse=section, history=history)
+
+
+def test_the_forward_rows_stay_as_they_are_under_the_reverse_ones() -> None:
+    from flows.status import status_rows
+
+    d = _reversing()
+    forward = status_rows({k: v for k, v in d.items() if k != "reverse"}, RULES, NOW)
+    rows = status_rows(d, RULES, NOW)
+    labels = [label for label, _ in rows]
+    assert labels[:5] == [
+        "Direction",
+        "Ready to roll back",
+        "Reverse lag (destination → source)",
+        "Latest write on the destination",
+        "Rollback window",
+    ]
+    assert rows[5 : 5 + len(forward)] == forward
+    assert rows[5 + len(forward) :] == [
+        ("History", "2 decisions:"),
+        ("  decision", "2026-12-01 03:00:00 UTC: cutover by alice"),
+        ("  decision", "2026-12-01 03:00:02 UTC: reverse sync started by alice"),
+    ]
+    text = dict(rows)
+    assert text["Ready to roll back"] == "no: lag 42.0 s > 10 s"  # measured against max_lag_seconds
+    assert text["Rollback window"] == "opens when the sync is first ready"
+
+
+def test_the_direction_row_says_which_way_and_what_ends_it() -> None:
+    from flows.status import status_rows
+
+    def first(d: dict[str, Any]) -> str:
+        return status_rows(d, RULES, NOW)[0][1]
+
+    assert first(_reversing()).startswith("reverse (destination → source)")
+    assert "rolling back" in first(_reversing("cutting_over"))
+    assert "the reverse sync is failed" in first(_reversing("failed", error="boom"))
+    assert first(_reversing("complete")).startswith("rolled back")
+    assert first(_reversing("finished")).startswith("finished")
+    assert dict(status_rows(_reversing("failed", error="boom"), RULES, NOW))["Reverse sync error"] == "boom"
+
+
+def test_direction_follows_both_records_phases() -> None:
+    from tasks.state import Phase
+    from tasks.status import direction
+
+    assert direction(Phase.SYNCING, None) == "forward"
+    assert direction(Phase.CUTTING_OVER, Phase.CREATED) == "forward"  # the reverse record exists, not yet running
+    assert direction(Phase.FAILED, Phase.CREATED) == "forward"  # a cutover that failed after the start point
+    assert direction(Phase.COMPLETE, Phase.SYNCING) == "reverse"
+    assert direction(Phase.COMPLETE, Phase.CUTTING_OVER) == "reverse"
+    assert direction(Phase.COMPLETE, Phase.FAILED) == "reverse"
+    assert direction(Phase.COMPLETE, Phase.COMPLETE) == "rolled back"
+    assert direction(Phase.COMPLETE, Phase.FINISHED) == "finished"
