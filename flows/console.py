@@ -98,24 +98,51 @@ class LiveView:
             for ns, v in largest:
                 t = self._task(f"ns:{ns}", f"  {ns}", max(v["est_docs"], v["docs"], 1))
                 self.progress.update(t, completed=v["docs"], total=max(v["est_docs"], v["docs"], 1), rate="")
+        if d.get("reverse_of"):  # a reverse record watched by its own name
+            self._sync_line("reverse", d, d["ready_to_cut_over"])
+            return d
         if d["phase"] in ("syncing", "cutting_over") or d["lag"].get("applied_events"):
-            lag = d["lag"]
-            lag_s = lag.get("lag_seconds")
-            ready = " [green]ready to cut over[/]" if d["ready_to_cut_over"] else ""
-            t = self._task("sync", "[bold]sync[/]", None)
-            self.progress.update(
-                t,
-                description=f"[bold]sync[/] lag {'?' if lag_s is None else f'{lag_s:g}'} s{ready}",
-                completed=lag.get("applied_events") or 0,
-                rate=f"{lag.get('events_per_second') or 0:g} events/s",
-            )
+            self._sync_line("sync", d, d["ready_to_cut_over"])
+        rev = d.get("reverse")
+        if rev is not None:
+            self._sync_line("reverse", rev, rev["ready_to_roll_back"])
         return d
+
+    def _sync_line(self, key: str, d: dict[str, Any], ready: bool) -> None:
+        """One sync's line: its lag, readiness, events applied and rate (the reverse's says its direction)."""
+        lag = d["lag"]
+        lag_s = lag.get("lag_seconds")
+        if key == "reverse":
+            label, ready_text = "[bold]reverse sync[/] destination → source", "ready to roll back"
+            if d["phase"] != "syncing":
+                ready_text = ""
+                label += f" ({'rolled back' if d['phase'] == 'complete' else d['phase']})"
+        else:
+            label, ready_text = "[bold]sync[/]", "ready to cut over"
+        t = self._task(key, label, None)
+        self.progress.update(
+            t,
+            description=f"{label} lag {'?' if lag_s is None else f'{lag_s:g}'} s"
+            + (f" [green]{ready_text}[/]" if ready and ready_text else ""),
+            completed=lag.get("applied_events") or 0,
+            rate=f"{lag.get('events_per_second') or 0:g} events/s",
+        )
 
     def _run(self) -> None:
         while not self.stop_event.wait(self.interval):
             d = self.refresh()
-            if d is not None and d["phase"] in ENDED:
+            if d is not None and ended(d):
                 return
+
+
+def ended(d: dict[str, Any]) -> bool:
+    """Whether nothing is left to watch: the migration ended, and so did its reverse sync if it has one.
+
+    A reversible migration's forward record is ``complete`` while its reverse sync still runs; `watch`
+    follows the reverse until its rollback or finish.
+    """
+    rev = d.get("reverse")
+    return d["phase"] in ENDED and (rev is None or rev["phase"] in ENDED)
 
 
 @contextmanager
@@ -145,7 +172,14 @@ def watch_cli(config: Path, *, name: str | None) -> int:
                 return EXIT_OK
         d = view.last or describe(store, name or cfg.name)
     err.print(f"migration [bold]{d['name']}[/] is {d['phase']}" + (f": {d['error']}" if d.get("error") else ""))
-    return EXIT_OK if d["phase"] in ("complete", "cancelled") else EXIT_FAILED
+    rev = d.get("reverse")
+    if rev is not None:
+        err.print(
+            f"reverse sync is {rev['phase']} (direction: {d['direction']})"
+            + (f": {rev['error']}" if rev.get("error") else "")
+        )
+        return EXIT_OK if rev["phase"] in ("complete", "finished", "cancelled") else EXIT_FAILED
+    return EXIT_OK if d["phase"] in ("complete", "cancelled", "finished") else EXIT_FAILED
 
 
 @cli_guard

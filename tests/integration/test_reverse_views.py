@@ -8,13 +8,16 @@ needs, with lag samples under each name as the flow's timelines record them.
 from __future__ import annotations
 
 import datetime as dt
+import io
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
+from rich.console import Console
 
+from flows.console import LiveView
 from flows.status import status_markdown
 from tasks.metadata import MetadataStore
 from tasks.reverse import reverse_name
@@ -169,3 +172,21 @@ def test_the_reverse_record_can_be_described_by_its_own_name(records: Records) -
     # Without a name, the latest record is described by its forward name, with the reverse inside.
     store.update(reverse_name(name), extensions=1)  # the reverse record is now the latest updated
     assert describe(store, None)["name"] == name
+
+
+def test_watch_follows_the_reverse_sync_after_the_forward_completes(records: Records) -> None:
+    store, name = records(Phase.SYNCING)
+    view = LiveView(store, name, Console(file=io.StringIO()))
+    d = view.refresh()
+    assert d is not None and d["phase"] == "complete"
+    lines = [t.description for t in view.progress.tasks]
+    reverse = [x for x in lines if "reverse sync" in x]
+    assert reverse and "destination → source lag 2.5 s" in reverse[0] and "ready to roll back" in reverse[0]
+    view.interval = 0.01
+    view.thread.start()
+    view.thread.join(0.5)
+    assert view.thread.is_alive()  # the forward record is complete, the reverse still syncs: keep watching
+    store.update(reverse_name(name), phase=Phase.FINISHED)
+    view.thread.join(5)
+    assert not view.thread.is_alive()
+    assert any("(finished)" in t.description for t in view.progress.tasks)

@@ -234,3 +234,12 @@ def test_direction_follows_both_records_phases() -> None:
     assert direction(Phase.COMPLETE, Phase.FAILED) == "reverse"
     assert direction(Phase.COMPLETE, Phase.COMPLETE) == "rolled back"
     assert direction(Phase.COMPLETE, Phase.FINISHED) == "finished"
+
+
+def test_watch_ends_only_when_the_reverse_sync_ends_too() -> None:
+    from flows.console import ended
+
+    assert ended(described(phase="complete"))
+    assert not ended(described(phase="syncing"))
+    assert not ended(_reversing("syncing")) and not ended(_reversing("cutting_over"))
+    assert ended(_reversing("complete")) and ended(_reversing("finished")) and ended(_reversing("failed"))
