@@ -17,6 +17,7 @@ from typing import Any
 from flows.status import human_bytes, utc_text
 from tasks.errors import TerminalError
 from tasks.metadata import MetadataStore
+from tasks.reverse import reverse_name
 from tasks.status import describe
 from tasks.timeline import CLONE, SYNC, Timeline, copy_rates
 
@@ -106,20 +107,28 @@ def chart_series(store: MetadataStore, name: str, since: dt.datetime | None) -> 
     return {"lag": _relative(lag), "copy_rate": _relative(copy_rates(tl.series(CLONE, since)))}
 
 
+def _lag_chart(lags: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(lags),
+        "max_seconds": max(lags) if lags else None,
+        "last_seconds": lags[-1] if lags else None,
+        "sparkline": sparkline(lags),
+    }
+
+
 def build_report(store: MetadataStore, name: str) -> dict[str, Any]:
-    """Everything the report shows, as data (also returned by the flow and stored in the metadata store)."""
+    """Everything the report shows, as data (also returned by the flow and stored in the metadata store).
+
+    A reversible migration's report also charts the reverse sync's lag (its samples are kept under the
+    reverse record's name) and tells the history of both records.
+    """
     d = describe(store, name)
     doc = store.load(name)
     series = chart_series(store, name, doc.created_at)
     lags = [v for _, v in series["lag"]]
     rates = [v for _, v in series["copy_rate"]]
     d["charts"] = {
-        "lag": {
-            "samples": len(lags),
-            "max_seconds": max(lags) if lags else None,
-            "last_seconds": lags[-1] if lags else None,
-            "sparkline": sparkline(lags),
-        },
+        "lag": _lag_chart(lags),
         "copy_rate": {
             "samples": len(rates),
             "peak_docs_per_second": round(max(rates), 1) if rates else None,
@@ -127,6 +136,10 @@ def build_report(store: MetadataStore, name: str) -> dict[str, Any]:
             "sparkline": sparkline(rates),
         },
     }
+    rev = store.get(reverse_name(doc.id)) if d.get("reverse") else None
+    if rev is not None:
+        series["reverse_lag"] = chart_series(store, rev.id, rev.created_at)["lag"]
+        d["charts"]["reverse_lag"] = _lag_chart([v for _, v in series["reverse_lag"]])
     d["series"] = series
     return d
 
@@ -141,12 +154,14 @@ Block = tuple[str, Any]
 
 def _blocks(r: dict[str, Any]) -> list[Block]:
     """What the report says, in order, before it is rendered."""
+    direction: list[list[Span]] = [[("b", "Direction:"), ("", f" {r['direction']}")]] if r.get("reverse") else []
     blocks: list[Block] = [
         ("h1", [("", "Migration report: "), ("code", r["name"])]),
         (
             "ul",
             [
                 [("b", "Phase:"), ("", f" {r['phase']}")],
+                *direction,
                 [("b", "Source → destination:"), ("", f" {r['source']} → {r['destination']}")],
                 [
                     ("b", "Copied:"),
@@ -162,7 +177,7 @@ def _blocks(r: dict[str, Any]) -> list[Block]:
                 [("b", "Final verification:"), ("", f" {_verdict(r)}")],
             ],
         ),
-        *_downtime_blocks(r),
+        *_downtime_blocks(r.get("downtime"), "Downtime (writes stopped → destination ready)", r),
         ("h2", [("", "Copy rate (documents per second)")]),
         ("chart", "copy_rate"),
         ("h2", [("", "Lag over time (optime gap, seconds)")]),
@@ -181,6 +196,8 @@ def _blocks(r: dict[str, Any]) -> list[Block]:
             or [[("", "none")]],
         ),
     ]
+    if r.get("reverse"):
+        blocks += _reverse_blocks(r)
     if r["warnings"]:
         blocks += [("h2", [("", "Warnings")]), ("ul", [[("", str(w))] for w in r["warnings"]])]
     if r["error"]:
@@ -188,9 +205,41 @@ def _blocks(r: dict[str, Any]) -> list[Block]:
     return blocks
 
 
-def _downtime_blocks(r: dict[str, Any]) -> list[Block]:
-    """The cutover's downtime by part, the estimate shown at the approval, and what each namespace's proof was."""
-    down = r.get("downtime")
+def _reverse_blocks(r: dict[str, Any]) -> list[Block]:
+    """The reverse sync (destination → source): its figures, the rollback's downtime, its lag, both records' history."""
+    rev = r["reverse"]
+    ended = {"complete": "Rolled back", "finished": "Reverse sync finished"}.get(rev["phase"], "Reverse sync ended")
+    items: list[list[Span]] = [
+        [("b", "Phase:"), ("", f" {rev['phase']}")],
+        [("b", "Destination → source:"), ("", f" {rev['source']} → {rev['destination']}")],
+        [("b", "Started:"), ("", f" {utc_text(rev['started_at'])}")],
+        [("b", "Events applied by the reverse sync:"), ("", f" {rev['lag'].get('applied_events')}")],
+        [("b", "Source reopened to the application:"), ("", f" {utc_text(rev['source_reopened_at'])}")],
+        [("b", f"{ended}:"), ("", f" {utc_text(rev['completed_at'])}")],
+    ]
+    if rev.get("error"):
+        items.append([("b", "Error:"), ("", f" {rev['error']}")])
+    return [
+        ("h2", [("", "Reverse sync (destination → source)")]),
+        ("ul", items),
+        *_downtime_blocks(rev.get("downtime"), "Rollback downtime (writes stopped → source reopened)", rev),
+        ("h2", [("", "Reverse lag over time (destination → source, seconds)")]),
+        ("chart", "reverse_lag"),
+        ("h2", [("", "History")]),
+        ("table", (["time (UTC)", "event", "by", "reason"], _history_rows(r))),
+    ]
+
+
+def _history_rows(r: dict[str, Any]) -> list[list[list[Span]]]:
+    """describe()'s history: both records' decisions in time order, each with who approved it."""
+    return [
+        [[("", utc_text(e["at"]))], [("b", e["event"])], [("", e["approver"] or "(unnamed)")], [("", e["reason"])]]
+        for e in r["history"]
+    ]
+
+
+def _downtime_blocks(down: dict[str, Any] | None, title: str, r: dict[str, Any]) -> list[Block]:
+    """A cutover's downtime by part, the estimate shown at the approval, and what each namespace's proof was."""
     if not down:
         return []
     est = down.get("estimate") or {}
@@ -203,7 +252,7 @@ def _downtime_blocks(r: dict[str, Any]) -> list[Block]:
         [("b", "Final verification:"), ("", f" {down.get('final_verification')}")],
     ]
     items += [[("", f"{part}: {secs:.2f} s")] for part, secs in down["parts"].items()]
-    blocks: list[Block] = [("h2", [("", "Downtime (writes stopped → destination ready)")]), ("ul", items)]
+    blocks: list[Block] = [("h2", [("", title)]), ("ul", items)]
     v = r.get("last_verification") or {}
     proofs = [(n["ns"], n["proof"]) for n in v.get("namespaces", []) if n.get("proof")]
     if proofs:
@@ -269,6 +318,7 @@ def _html_spans(spans: list[Span]) -> str:
 CHARTS = {
     "copy_rate": ("Copy rate during the clone", "docs/s"),
     "lag": ("Lag over time (optime gap)", "seconds"),
+    "reverse_lag": ("Reverse lag over time (destination → source)", "seconds"),
 }
 
 

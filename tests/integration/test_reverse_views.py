@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,12 +19,13 @@ from pymongo import MongoClient
 from rich.console import Console
 
 from flows.console import LiveView
+from flows.report import write_migration_report
 from flows.status import status_markdown
 from tasks.metadata import MetadataStore
 from tasks.reverse import reverse_name
 from tasks.state import Decision, Lag, MigrationDoc, Phase
 from tasks.status import describe
-from tasks.timeline import Timeline
+from tasks.timeline import SYNC, Timeline
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +192,37 @@ def test_watch_follows_the_reverse_sync_after_the_forward_completes(records: Rec
     view.thread.join(5)
     assert not view.thread.is_alive()
     assert any("(finished)" in t.description for t in view.progress.tasks)
+
+
+def test_the_report_charts_the_reverse_lag_and_tells_both_records_history(records: Records, tmp_path: Path) -> None:
+    reopened = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    store, name = records(
+        Phase.COMPLETE,
+        decisions=[
+            Decision(action="extend", approver="dan", reason="more time", at=reopened - dt.timedelta(minutes=9)),
+            Decision(action="rollback", approver="bob", reason="p99 doubled", at=reopened - dt.timedelta(minutes=1)),
+        ],
+        destination_ready_at=reopened,
+        completed_at=reopened,
+        downtime={
+            "seconds": 2.5,
+            "started_at": reopened - dt.timedelta(seconds=3),
+            "destination_ready_at": reopened,
+            "parts": {"drain": 0.5, "final_checks": 2.0},
+        },
+    )
+    assert len(Timeline(store, reverse_name(name)).series(SYNC)) == 3
+    path, r = write_migration_report(store, name, tmp_path)
+    assert r["charts"]["reverse_lag"]["samples"] == 3 and r["charts"]["reverse_lag"]["max_seconds"] == 6.0
+    assert r["charts"]["lag"]["samples"] == 1  # the forward lag is charted from its own samples only
+    md = (tmp_path / "migration-report.md").read_text()
+    assert "- **Direction:** rolled back" in md
+    assert "## Reverse sync (destination → source)" in md
+    assert "## Rollback downtime (writes stopped → source reopened)" in md and "final_checks: 2.00 s" in md
+    assert "## Reverse lag over time (destination → source, seconds)" in md and "max 6.0, last 2.5 (3 samples)" in md
+    history = md.split("## History", 1)[1]
+    events = [line.split(" | ")[1] for line in history.splitlines() if line.startswith("| 20")]
+    assert events == ["**cutover**", "**reverse sync started**", "**extend (rollback window)**", "**rollback**"]
+    assert "| **reverse sync started** | alice | reversible |" in history
+    assert "| **rollback** | bob | p99 doubled |" in history
+    assert path.read_text().count("<svg") == 3

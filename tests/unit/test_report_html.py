@@ -75,3 +75,37 @@ def test_the_html_report_is_html_with_every_section_and_escapes_what_came_from_o
     assert md.startswith("# Migration report: `m<1>`\n\n- **Phase:** complete\n")
     assert re.search(r"`▇█`  peak 5.0, mean 4.0 \(2 samples\)", md)
     assert "| `db.<script>x</script>` | 1/2 | - | 4 documents at t |" in md
+
+
+def test_the_reverse_sync_section_charts_its_lag_and_tells_the_history() -> None:
+    r = _report()
+    r["direction"] = "finished"
+    r["decisions"] = [{"at": "2026-01-01T00:00:00", "action": "cutover", "approver": "ann", "reason": "go"}]
+    r["reverse"] = {
+        "phase": "finished",
+        "source": "dst:27017",
+        "destination": "src:27017",
+        "started_at": "2026-01-01T00:00:05",
+        "lag": {"applied_events": 9},
+        "source_reopened_at": None,
+        "completed_at": "2026-01-02T00:00:00",
+        "downtime": None,
+        "error": None,
+    }
+    r["history"] = [
+        {"at": "2026-01-01T00:00:00", "event": "cutover", "approver": "ann", "reason": "go"},
+        {"at": "2026-01-01T00:00:05", "event": "reverse sync started", "approver": "ann", "reason": ""},
+        {"at": "2026-01-01T12:00:00", "event": "rollback-refused", "approver": "bob", "reason": "lag 30 s"},
+        {"at": "2026-01-02T00:00:00+00:00", "event": "finish", "approver": "<eve>", "reason": "stable"},
+    ]
+    r["charts"]["reverse_lag"] = {"samples": 2, "max_seconds": 4.0, "last_seconds": 1.0, "sparkline": "█▂"}
+    r["series"]["reverse_lag"] = [(0.0, 4.0), (2.0, 1.0)]
+    md = report_markdown(r)
+    assert "- **Direction:** finished" in md and "- **Reverse sync finished:** 2026-01-02 00:00:00 UTC" in md
+    assert "`█▂`  max 4.0, last 1.0 (2 samples)" in md
+    history = [line for line in md.split("## History", 1)[1].splitlines() if line.startswith("| 2026")]
+    assert history[2] == "| 2026-01-01 12:00:00 UTC | **rollback-refused** | bob | lag 30 s |"
+    assert len(history) == 4
+    page = report_html(r)
+    assert page.count("<svg") == 3 and "<td>&lt;eve&gt;</td>" in page and "<eve>" not in page
+    assert "Downtime (writes stopped" in page and "Rollback downtime" not in page  # none measured: no rollback
