@@ -23,6 +23,7 @@ from pymongo import MongoClient
 from tasks.metadata import MetadataStore
 from tasks.reverse import reverse_name
 from tasks.state import Phase
+from tasks.status import describe
 from tests.conftest import Deployment
 from tests.helpers import Writer, assert_same_data, seed_writer_data, wait_until
 from tests.integration.test_reverse import application_on_destination, index_specs, seed
@@ -155,3 +156,14 @@ def test_reverse_sync_survives_kill_9_and_the_rollback_is_approved_from_the_cli(
     assert [(d.action, d.approver) for d in reverse.decisions] == [("reverse-sync", "alice"), ("rollback", "bob")]
     assert reverse.phase == Phase.COMPLETE and reverse.destination_ready_at is not None
     assert store.lock_holder() is None
+    # What describe and the report the run published say of it (flows/status.py, flows/report.py).
+    d = describe(store, name)
+    assert d["direction"] == "rolled back" and d["reverse"]["source_reopened_at"] is not None
+    assert [(e["event"], e["approver"]) for e in d["history"]] == [
+        ("cutover", "alice"),
+        ("reverse sync started", "alice"),
+        ("rollback", "bob"),
+    ]
+    saved = store.last_report(name, "migration")
+    assert saved is not None and saved["reverse"]["phase"] == "complete"
+    assert saved["charts"]["reverse_lag"]["samples"] > 0
