@@ -30,6 +30,7 @@ from rich.progress import (
 
 from flows.common import cli_guard, load_resolved
 from flows.report import write_migration_report
+from flows.status import shown_reverse
 from tasks.config import MigrationConfig
 from tasks.errors import EXIT_FAILED, EXIT_OK, LiveMigrateError
 from tasks.metadata import MetadataStore
@@ -103,7 +104,7 @@ class LiveView:
             return d
         if d["phase"] in ("syncing", "cutting_over") or d["lag"].get("applied_events"):
             self._sync_line("sync", d, d["ready_to_cut_over"])
-        rev = d.get("reverse")
+        rev = shown_reverse(d)
         if rev is not None:
             self._sync_line("reverse", rev, rev["ready_to_roll_back"])
         return d
@@ -141,7 +142,7 @@ def ended(d: dict[str, Any]) -> bool:
     A reversible migration's forward record is ``complete`` while its reverse sync still runs; `watch`
     follows the reverse until its rollback or finish.
     """
-    rev = d.get("reverse")
+    rev = shown_reverse(d)
     return d["phase"] in ENDED and (rev is None or rev["phase"] in ENDED)
 
 
@@ -172,7 +173,7 @@ def watch_cli(config: Path, *, name: str | None) -> int:
                 return EXIT_OK
         d = view.last or describe(store, name or cfg.name)
     err.print(f"migration [bold]{d['name']}[/] is {d['phase']}" + (f": {d['error']}" if d.get("error") else ""))
-    rev = d.get("reverse")
+    rev = shown_reverse(d)
     if rev is not None:
         err.print(
             f"reverse sync is {rev['phase']} (direction: {d['direction']})"

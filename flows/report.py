@@ -14,7 +14,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from flows.status import human_bytes, utc_text
+from flows.status import human_bytes, shown_reverse, utc_text
 from tasks.errors import TerminalError
 from tasks.metadata import MetadataStore
 from tasks.reverse import reverse_name
@@ -136,7 +136,7 @@ def build_report(store: MetadataStore, name: str) -> dict[str, Any]:
             "sparkline": sparkline(rates),
         },
     }
-    rev = store.get(reverse_name(doc.id)) if d.get("reverse") else None
+    rev = store.get(reverse_name(doc.id)) if shown_reverse(d) else None
     if rev is not None:
         series["reverse_lag"] = chart_series(store, rev.id, rev.created_at)["lag"]
         d["charts"]["reverse_lag"] = _lag_chart([v for _, v in series["reverse_lag"]])
@@ -154,7 +154,8 @@ Block = tuple[str, Any]
 
 def _blocks(r: dict[str, Any]) -> list[Block]:
     """What the report says, in order, before it is rendered."""
-    direction: list[list[Span]] = [[("b", "Direction:"), ("", f" {r['direction']}")]] if r.get("reverse") else []
+    rev = shown_reverse(r)
+    direction: list[list[Span]] = [[("b", "Direction:"), ("", f" {r['direction']}")]] if rev else []
     blocks: list[Block] = [
         ("h1", [("", "Migration report: "), ("code", r["name"])]),
         (
@@ -196,7 +197,7 @@ def _blocks(r: dict[str, Any]) -> list[Block]:
             or [[("", "none")]],
         ),
     ]
-    if r.get("reverse"):
+    if rev:
         blocks += _reverse_blocks(r)
     if r["warnings"]:
         blocks += [("h2", [("", "Warnings")]), ("ul", [[("", str(w))] for w in r["warnings"]])]

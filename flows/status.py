@@ -111,7 +111,7 @@ def status_rows(
 ) -> list[tuple[str, str]]:
     """The status as (label, text) rows: what every view shows (form, artifacts, `describe`).
 
-    Once a reverse sync exists (``d["reverse"]``) its rows come first, under the direction, then the
+    Once data flows back (``shown_reverse``) the reverse sync's rows come first, under the direction, then the
     forward migration's rows as before, then the history of both; a reverse record described on its own
     shows only its rows and the history.
     """
@@ -120,7 +120,7 @@ def status_rows(
         fwd = d.get("forward") or {}
         return [("Direction", direction_text(d["direction"], d)), *reverse_rows(d, rules, now, fwd), *history_rows(d)]
     rows = _forward_rows(d, rules, now)
-    rev = d.get("reverse")
+    rev = shown_reverse(d)
     if rev:
         warnings = [("Reverse sync warning", str(w)) for w in rev.get("warnings") or []]
         rows = [("Direction", direction_text(d["direction"], rev)), *reverse_rows(rev, rules, now), *warnings, *rows]
@@ -162,11 +162,21 @@ def _forward_rows(d: dict[str, Any], rules: dict[str, float] | None, now: dt.dat
     return rows
 
 
+def shown_reverse(d: dict[str, Any]) -> dict[str, Any] | None:
+    """describe()'s ``reverse`` section once the data flows back (the forward cutover is complete), else None.
+
+    The reverse record exists from the moment the cutover captured the destination's start point, so during
+    the forward cutover (and after one that failed) it is there but nothing flows back: the views leave it out.
+    """
+    rev = d.get("reverse")
+    return rev if rev is not None and d.get("direction", "forward") != "forward" else None
+
+
 def status_title(d: dict[str, Any]) -> str:
     """``orders: syncing``; once a reverse sync exists ``orders: complete, reverse sync syncing (direction: reverse)``."""
     if d.get("reverse_of"):
         return f"{d['name']}: {d['phase']} (reverse sync of {d['reverse_of']})"
-    rev = d.get("reverse")
+    rev = shown_reverse(d)
     if not rev:
         return f"{d['name']}: {d['phase']}"
     return f"{d['name']}: {d['phase']}, reverse sync {rev['phase']} (direction: {d['direction']})"

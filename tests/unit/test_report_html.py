@@ -109,3 +109,8 @@ def test_the_reverse_sync_section_charts_its_lag_and_tells_the_history() -> None
     page = report_html(r)
     assert page.count("<svg") == 3 and "<td>&lt;eve&gt;</td>" in page and "<eve>" not in page
     assert "Downtime (writes stopped" in page and "Rollback downtime" not in page  # none measured: no rollback
+
+
+def test_a_reverse_record_left_by_a_failed_cutover_is_not_reported() -> None:
+    r = {**_report(), "phase": "failed", "direction": "forward", "reverse": {"phase": "syncing"}}
+    assert "Reverse sync" not in report_markdown(r) and "Direction" not in report_markdown(r)

@@ -227,8 +227,10 @@ def test_direction_follows_both_records_phases() -> None:
     from tasks.status import direction
 
     assert direction(Phase.SYNCING, None) == "forward"
-    assert direction(Phase.CUTTING_OVER, Phase.CREATED) == "forward"  # the reverse record exists, not yet running
-    assert direction(Phase.FAILED, Phase.CREATED) == "forward"  # a cutover that failed after the start point
+    # The cutover creates the reverse record (syncing) when it captures the destination's start point, before
+    # the destination opens; nothing flows back until the forward record is complete, or ever if it failed.
+    assert direction(Phase.CUTTING_OVER, Phase.SYNCING) == "forward"
+    assert direction(Phase.FAILED, Phase.SYNCING) == "forward"
     assert direction(Phase.COMPLETE, Phase.SYNCING) == "reverse"
     assert direction(Phase.COMPLETE, Phase.CUTTING_OVER) == "reverse"
     assert direction(Phase.COMPLETE, Phase.FAILED) == "reverse"
@@ -243,3 +245,16 @@ def test_watch_ends_only_when_the_reverse_sync_ends_too() -> None:
     assert not ended(described(phase="syncing"))
     assert not ended(_reversing("syncing")) and not ended(_reversing("cutting_over"))
     assert ended(_reversing("complete")) and ended(_reversing("finished")) and ended(_reversing("failed"))
+
+
+def test_a_reverse_record_left_by_the_cutover_is_not_shown_before_data_flows_back() -> None:
+    from flows.console import ended
+    from flows.status import status_rows
+
+    for phase in ("cutting_over", "failed"):  # the forward cutover under way, or failed after the start point
+        d = {**_reversing("syncing"), "phase": phase, "direction": "forward"}
+        forward = status_rows({k: v for k, v in d.items() if k != "reverse"}, RULES, NOW)
+        assert status_rows(d, RULES, NOW) == forward
+        assert "reverse" not in status_markdown(d, RULES, NOW).split("\n", 1)[0]
+    stale = {**_reversing("syncing"), "phase": "failed", "direction": "forward"}
+    assert ended(stale)  # watch does not wait for a reverse sync that will never run
