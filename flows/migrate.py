@@ -374,7 +374,8 @@ def _outcome(
     words: _Words | None = None,
 ) -> dict[str, Any]:
     """Publish the cutover's two moments ("destination ready", "complete") and return the final description."""
-    result["report"] = publish_report(m, report_dir)
+    # A rollback's report is the forward migration's, published with the reverse sync in it (_reverse_result).
+    result["report"] = publish_report(m, report_dir) if words is not REVERSE else None
     d = describe(m.store, m.name)
     markdown(
         m.name,
@@ -586,7 +587,8 @@ def _decide(
                 raise m.runner.state.error  # the sync failed while paused (the relay woke the pause)
             if decision is None or relay.signal == "window_expired":
                 m.expire()
-                publish_report(m, report_dir)
+                if words is FORWARD:
+                    publish_report(m, report_dir)
                 d = describe(m.store, m.name)
                 markdown(m.name, "outcome", status_markdown(d) + f"\n\n**Expired.** {d['error']}", "window expired")
                 logger.warning("%s window expired: the sync stopped", words.approve)
@@ -616,7 +618,8 @@ def _decide(
                 continue
             if decision.action == words.end:
                 m.cancel(decision.approver, decision.reason)
-                publish_report(m, report_dir)
+                if words is FORWARD:
+                    publish_report(m, report_dir)
                 markdown(m.name, "decision", f"{words.ended} by **{decision.approver}**: {decision.reason}")
                 d = describe(m.store, m.name)
                 markdown(
@@ -676,7 +679,12 @@ def _reverse(
     """
     logger = get_run_logger()
     rm = ReverseMigration(m.cfg, m.src, m.dst)
-    rm.on_tick = lambda st: metrics.sync_tick(rm.name, st)
+
+    def tick(st: Any) -> None:
+        metrics.sync_tick(rm.name, st)
+        metrics.verification(rm.name, rm.last_status, rm.last_estimate)
+
+    rm.on_tick = tick
     flow_context = contextvars.copy_context()
     rm.on_difference = lambda found: flow_context.copy().run(_report_differences, rm, found)
     try:
@@ -702,6 +710,7 @@ def _reverse(
         doc = rm.store.get(rm.name)
         if doc is not None:
             metrics.phase(rm.name, doc.phase.value)
+            metrics.downtime(rm.name, doc.downtime)
         rm.close()
 
 
@@ -710,7 +719,9 @@ def _reverse_result(
 ) -> dict[str, Any]:
     """The run's result after a reverse sync: the forward migration's description, its cutover, and how the
     reverse ended (``rollback``: the rollback's two moments, when there was one)."""
-    publish_report(m, report_dir)  # the forward report, with the reverse sync in it
+    path = publish_report(m, report_dir)  # the forward report, with the reverse sync in it
+    if out.get("cutover"):
+        out["cutover"]["report"] = path
     d = describe(m.store, m.name)
     return {
         **d,

@@ -99,6 +99,8 @@ def migrate_cli(config: Path, *, restart: bool, skip_prechecks: bool, report_dir
     if back:
         out.print(f"rolled back: the source reopened for writes at {back.get('destination_ready_at')}")
         out.print(f"rollback complete: {back.get('completed_at')}")
+        if back.get("report"):
+            out.print(f"migration report: {back['report']}")
         for w in back.get("warnings", []):
             out.print(f"[yellow]warning:[/] {w}")
     elif result.get("reverse_phase"):
