@@ -230,6 +230,12 @@ def decision_cli(
         )
         if reverse:
             verdict = type(verdict)(verdict.status, rollback_words(verdict.reason))
+        elif action == "cancel" and pending_reverse(store, cfg.name) is not None:
+            verdict = type(verdict)(
+                "refused",
+                f"migration {cfg.name} is complete and its reverse sync runs: `livemigrate rollback` moves the "
+                "application back, `livemigrate finish` ends the reverse sync",
+            )
         if verdict.status == "already":
             return say("already", verdict.reason, EXIT_OK)
         if not verdict.accepted:

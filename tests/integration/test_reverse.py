@@ -184,6 +184,7 @@ def test_finish_ends_the_reverse_sync_and_the_cli_refuses_what_does_not_apply(
         rm.begin()
         assert rm.wait_ready(30)
         assert rm.judge("finish", "carol").accepted and not rm.judge("cutover-now", "carol").accepted
+        assert cli("cancel") == 1  # the forward migration is complete: finish or rollback, not cancel
         doc = rm.finish("carol", "the new cluster is fine")
         assert doc.phase == Phase.FINISHED
         with pytest.raises(TerminalError):

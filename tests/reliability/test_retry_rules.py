@@ -48,14 +48,22 @@ def test_applier_turns_write_errors_into_typed_errors() -> None:
     from pymongo import ReplaceOne
 
     ops = [ReplaceOne({"_id": 7}, {"_id": 7, "x": 1}, upsert=True)]
+    applier = Applier(object(), NamespaceFilter.from_rules(NamespaceRules(include=["db.*"])), 1)  # type: ignore[arg-type]
     with pytest.raises(TransientError):
-        Applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [], "writeConcernErrors": [WCE]}))
+        applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [], "writeConcernErrors": [WCE]}))
     dup = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: db.c index: email_1"}
     with pytest.raises(DocumentRejectedError) as info:
-        Applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [dup], "writeConcernErrors": []}))
+        applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [dup], "writeConcernErrors": []}))
     assert info.value.ns == "db.c" and info.value.doc_id == 7
     racing_upsert = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: db.c index: _id_"}
-    Applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [racing_upsert], "writeConcernErrors": []}))
+    applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [racing_upsert], "writeConcernErrors": []}))
+    # The reverse sync (tasks/reverse.py): a duplicate key on a unique index is deferred, anything else still stops.
+    applier.deferred = {}
+    applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [dup], "writeConcernErrors": []}))
+    assert list(applier.deferred.values()) == [("db.c", 7)] and applier.deferrals == 1
+    invalid = {"index": 0, "code": 121, "errmsg": "Document failed validation"}
+    with pytest.raises(DocumentRejectedError):
+        applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [invalid], "writeConcernErrors": []}))
 
 
 def test_flush_waits_for_every_lane_before_raising(monkeypatch: pytest.MonkeyPatch) -> None:
