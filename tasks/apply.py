@@ -15,6 +15,7 @@ different documents go to parallel lanes.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -143,6 +144,27 @@ def _dollar_top_level(doc: Any) -> bool:
     if isinstance(doc, RawBSONDocument) and b"$" not in doc.raw:
         return False
     return any(str(k).startswith("$") for k in doc.keys())
+
+
+_DUP_INDEX = re.compile(r" index: (\S+)")
+
+
+def duplicate_id(err: Any) -> bool:
+    """Whether a write error is a duplicate key on ``_id`` (not on another unique index).
+
+    MongoDB 4.2+ attaches the index's ``keyPattern`` to a DuplicateKey (11000) write error
+    (storage/duplicate_key_error_info.cpp); the errmsg names the index (``... index: NAME dup key: {...}``),
+    which is what is read where ``keyPattern`` is missing.  A bare ``"_id_" in errmsg`` test took an index
+    named ``account_id_1``, or a key value holding ``_id_``, for the ``_id`` index (found by the reverse
+    sync's property test).
+    """
+    if err.get("code") not in (11000, 11001):
+        return False
+    pattern = err.get("keyPattern")
+    if pattern is not None:
+        return list(dict(pattern)) == ["_id"]
+    m = _DUP_INDEX.search(str(err.get("errmsg", "")))
+    return m is not None and m.group(1) == "_id_"
 
 
 class _Replacement(RawBSONDocument):
@@ -633,7 +655,7 @@ class Applier:
     def _raise_rejected(self, ns: str, ops: list[Any], exc: BulkWriteError) -> None:
         errs = exc.details.get("writeErrors", [])
         # Duplicate _id on a racing upsert: the document exists, which is what we wanted.
-        real = [e for e in errs if not (e.get("code") == 11000 and "_id_" in str(e.get("errmsg", "")))]
+        real = [e for e in errs if not duplicate_id(e)]
         if self.deferred is not None:
             real = [e for e in real if not self._defer(ns, ops, e)]
         if not real:

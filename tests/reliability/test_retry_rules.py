@@ -57,6 +57,16 @@ def test_applier_turns_write_errors_into_typed_errors() -> None:
     assert info.value.ns == "db.c" and info.value.doc_id == 7
     racing_upsert = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key error collection: db.c index: _id_"}
     applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [racing_upsert], "writeConcernErrors": []}))
+    # A unique index whose name holds "_id_" is not the _id index (MongoDB 4.2+ errors carry keyPattern).
+    from tasks.apply import duplicate_id
+
+    account = "E11000 duplicate key error collection: db.c index: account_id_1 dup key: { account_id: 5 }"
+    assert not duplicate_id({"code": 11000, "errmsg": account, "keyPattern": {"account_id": 1}})
+    assert not duplicate_id({"code": 11000, "errmsg": account})  # a server without keyPattern: the index's name
+    assert duplicate_id({"code": 11000, "errmsg": "x index: _id_ dup key: { _id: 'a_id_' }", "keyPattern": {"_id": 1}})
+    with pytest.raises(DocumentRejectedError):
+        bad = {"index": 0, "code": 11000, "errmsg": account, "keyPattern": {"account_id": 1}}
+        applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [bad], "writeConcernErrors": []}))
     # The reverse sync (tasks/reverse.py): a duplicate key on a unique index is deferred, anything else still stops.
     applier.deferred = {}
     applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [dup], "writeConcernErrors": []}))
