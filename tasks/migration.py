@@ -27,7 +27,7 @@ from tasks.config import MigrationConfig
 from tasks.ddl import Restore, restore_index
 from tasks.errors import LiveMigrateError, LockHeldError, PhaseError, TerminalError
 from tasks.metadata import LockHeartbeat, MetadataStore, process_owner
-from tasks.mongo import connect_side, describe_endpoint, latest_optime
+from tasks.mongo import access_control_enforced, connect_side, describe_endpoint, latest_optime
 from tasks.namespaces import NamespaceFilter
 from tasks.progress import ProgressSink, null_sink
 from tasks.retry import retry_transient
@@ -134,6 +134,9 @@ VerifyFn = Callable[[MigrationDoc], dict[str, Any]]
 class Migration:
     """Drives one named migration between two connected deployments."""
 
+    # What the operator calls each side in messages (a reverse sync's source is the forward destination).
+    side_names: dict[str, str] = {"source": "source", "destination": "destination"}
+
     def __init__(
         self,
         config: MigrationConfig,
@@ -162,6 +165,7 @@ class Migration:
         self._full_verification = False  # the approved cutover asked for a full verification
         self._status_at = 0.0
         self._write_plan: tuple[bool, str] | None = None
+        self._access_control: dict[str, tuple[bool | None, str]] = {}  # per side, asked once (block_would_not_hold)
         self._watch_dest = False  # destination_write_blocking could not block: watch the destination instead
         self.destination_watch: DestinationWatch | None = None
         self.last_estimate: dict[str, Any] | None = None  # the downtime estimate last published
@@ -300,9 +304,10 @@ class Migration:
             status = self.dst.admin.command({"connectionStatus": 1, "showPrivileges": True})
         except PyMongoError as exc:
             return False, f"connectionStatus failed on the destination ({type(exc).__name__})"
+        off = self.block_would_not_hold("destination")
+        if off:
+            return False, off
         info = status.get("authInfo") or {}
-        if not info.get("authenticatedUsers"):
-            return False, "access control is off on the destination, so every client would bypass a write block"
         actions: set[str] = set()
         for p in info.get("authenticatedUserPrivileges") or []:
             resource = p.get("resource") or {}
@@ -314,6 +319,30 @@ class Migration:
         if missing:
             return False, f"the migration user lacks {' and '.join(missing)} on the destination's cluster resource"
         return True, ""
+
+    def block_would_not_hold(self, side: Literal["source", "destination"]) -> str:
+        """Why a write block on ``side`` would hold no client off, or "" when it would.
+
+        With access control off every client bypasses setUserWriteBlockMode, so a block the server accepts
+        proves nothing: trusting it at a cutover would let the application's writes after the drain be
+        lost.  Whether access control is on is asked of an unauthenticated connection
+        (:func:`tasks.mongo.access_control_enforced`), once per side; where it cannot be told, the block
+        is not trusted either.
+        """
+        if side not in self._access_control:
+            ep = self.cfg.source if side == "source" else self.cfg.destination
+            uri = self.cfg.source_uri() if side == "source" else self.cfg.destination_uri()
+            timeout = self.cfg.tuning.connect_timeout_seconds
+            self._access_control[side] = access_control_enforced(
+                uri, side=side, tls_ca_file=ep.tls_ca_file, timeout_s=timeout
+            )
+        enforced, why = self._access_control[side]
+        named = self.side_names[side]
+        if enforced is True:
+            return ""
+        if enforced is False:
+            return f"access control is off on the {named}, so every client would bypass a write block"
+        return f"whether the {named} enforces access control is unknown ({why}), so a write block might hold no one off"
 
     def _watch_destination(self, doc: MigrationDoc, why: str) -> MigrationDoc:
         msg = (
@@ -701,6 +730,7 @@ class Migration:
         """Block writes (or watch them stop), drain to zero optime gap, verify, finalize."""
         doc = self.check_cutover_allowed(full_verification)
         self._full_verification = full_verification
+        self.block_would_not_hold("source")  # asked now, not inside the downtime it would add to
         estimate = self.downtime_estimate()
         self.record_decision(
             Decision(
@@ -920,7 +950,10 @@ class Migration:
                     f"this source does not list its commands, so it cannot block writes: {watch}",
                 )
             else:
-                if "setUserWriteBlockMode" in commands:
+                off = self.block_would_not_hold("source") if "setUserWriteBlockMode" in commands else ""
+                if off:
+                    self._write_plan = (False, f"not blocked on the {self.side_names['source']}: {off}; {watch}")
+                elif "setUserWriteBlockMode" in commands:
                     self._write_plan = (
                         True,
                         "blocked on the source with setUserWriteBlockMode (MongoDB 6.0+) once you approve; should the"
@@ -934,8 +967,15 @@ class Migration:
         """setUserWriteBlockMode on the source where supported and permitted.
 
         Recorded before it is sent: a reply lost to a network error may hide a block the
-        server applied, and the record is what makes a failed cutover or a cancel unblock.
+        server applied, and the record is what makes a failed cutover or a cancel unblock.  Not sent where
+        the block would hold no client off (access control off, :meth:`block_would_not_hold`): the
+        cutover then watches the source stand still, as on a server without the command.
         """
+        off = self.block_would_not_hold("source")
+        if off:
+            named = self.side_names["source"]
+            log.warning("the %s's writes are not blocked (%s): livemigrate watches it stand still", named, off)
+            return False
         self.store.update(self.name, write_blocked=True)
         try:
             self.src.admin.command({"setUserWriteBlockMode": 1, "global": True})

@@ -15,11 +15,11 @@ from typing import Any
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient
-from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
-from tasks.errors import ConfigError, ConnectError, classify
+from tasks.errors import ConfigError, ConnectError, LiveMigrateError, classify
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ with w:1, an election on the destination between a batch and its checkpoint coul
 the checkpoint (majority) survives, and the sync would never redo it."""
 
 APP_NAME = "livemigrate"
+PROBE_APP_NAME = f"{APP_NAME}-probe"
+"""The appName of the unauthenticated connection :func:`access_control_enforced` opens."""
 # Not the application's writes: the server's own databases, and livemigrate's metadata (on a reverse sync's
 # source, the destination cluster, the migration's own records move the oplog all the time).
 _BOOKKEEPING_NS = re.compile(r"^(admin|config|local|__livemigrate)\.")
@@ -180,9 +182,61 @@ def latest_optime(client: MongoClient[Any]) -> Any:
     return hello.get("operationTime") or hello.get("$clusterTime", {}).get("clusterTime")
 
 
+_AUTH_OPTIONS = {"authsource", "authmechanism", "authmechanismproperties"}
+UNAUTHORIZED = 13
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` with no user name, password or authentication option: the same hosts, TLS and other options,
+    as a client that does not authenticate connects to them."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
+    authority, tail = rest[:cut].rpartition("@")[2], rest[cut:]
+    path, _, query = tail.partition("?")
+    kept = [o for o in re.split("[&;]", query) if o and o.partition("=")[0].lower() not in _AUTH_OPTIONS]
+    return f"{scheme}://{authority}{path}" + ("?" + "&".join(kept) if kept else "")
+
+
+def access_control_enforced(
+    uri: str, *, side: str, tls_ca_file: Path | None = None, timeout_s: float = 10.0
+) -> tuple[bool | None, str]:
+    """Whether the server enforces access control (True), does not (False) or cannot be told (None, and why).
+
+    Why: a write block (setUserWriteBlockMode) holds off only the clients that lack
+    ``bypassWriteBlockingMode``, and with access control off every client may bypass it (server source
+    ``AuthorizationSessionImpl``: ``_mayBypassWriteBlockingMode`` is true when auth is disabled).  The
+    migration's own connection cannot tell: a server without ``--auth`` still authenticates a user the URI
+    names, so ``connectionStatus`` shows one either way.  An unauthenticated connection to the same hosts
+    can: with access control on, every command that requires authentication is refused with Unauthorized
+    (13) "command listDatabases requires authentication" (server source ``commands.cpp``,
+    checkAuthorizationImplPreParse, MongoDB 4.0-8.0); with it off, listDatabases answers.  Any other outcome
+    (unreachable, another error) leaves it unknown.
+    """
+    try:
+        client = connect(
+            without_credentials(uri), side=side, tls_ca_file=tls_ca_file, timeout_s=timeout_s, appname=PROBE_APP_NAME
+        )
+    except LiveMigrateError as exc:
+        return None, f"an unauthenticated connection to the {side} failed: {exc}"
+    try:
+        client.admin.command({"listDatabases": 1, "nameOnly": True})
+        return False, ""
+    except OperationFailure as exc:
+        if exc.code == UNAUTHORIZED:
+            return True, ""
+        return None, f"listDatabases on an unauthenticated connection to the {side} failed (code {exc.code})"
+    except PyMongoError as exc:
+        return None, f"listDatabases on an unauthenticated connection to the {side} failed ({type(exc).__name__})"
+    finally:
+        client.close()
+
+
 __all__ = [
     "DATA_WRITE_CONCERN",
     "RAW",
+    "access_control_enforced",
     "check_ca_file",
     "connect",
     "connect_side",
@@ -190,6 +244,7 @@ __all__ = [
     "is_mongos",
     "latest_optime",
     "latest_write",
+    "without_credentials",
 ]
 
 

@@ -145,6 +145,8 @@ class ReverseMigration(Migration):
     verified, the source reopens.  ``finish`` (and the window's end) stops it with the source still closed.
     """
 
+    side_names = {"source": "destination", "destination": "source"}  # the engine's sides are swapped
+
     def __init__(
         self,
         cfg: MigrationConfig,

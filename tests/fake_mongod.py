@@ -29,6 +29,8 @@ from bson import Int64, ObjectId, Timestamp, encode
 from mockupdb import MockupDB
 from pymongo import MongoClient
 
+from tasks.mongo import PROBE_APP_NAME
+
 # maxWireVersion per release series (the MongoDB wire protocol table).
 WIRE = {(6, 0): 17, (7, 0): 21, (8, 0): 25, (8, 2): 27}
 UNAUTHORIZED = {"ok": 0, "errmsg": "not authorized on admin to execute command", "code": 13, "codeName": "Unauthorized"}
@@ -73,6 +75,10 @@ class FakeSpec:
     mongos_serves_oplog: bool = True
     # command name (lower case) -> reply dict, or callable(request) returning one (None: it already answered)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Access control on: a connection that did not authenticate (livemigrate's probe, appName
+    # livemigrate-probe) is refused listDatabases with Unauthorized 13 "command listDatabases requires
+    # authentication" (server source commands.cpp, checkAuthorizationImplPreParse, MongoDB 4.0-8.0).
+    access_control: bool = True
 
 
 class FakeMongod:
@@ -101,6 +107,7 @@ class FakeMongod:
         self.events: list[dict[str, Any]] = []
         self._stream_state: dict[int, dict[str, Any]] = {}
         self._stopping = threading.Event()
+        self._apps: dict[int, str] = {}  # client port -> the appName its handshake gave
 
     @property
     def address(self) -> str:
@@ -565,6 +572,13 @@ class FakeMongod:
         self.docs.append(doc)
         self.commands.append(name)
         db = doc.get("$db") or str(getattr(request, "namespace", "admin") or "admin").split(".")[0]
+        app = ((doc.get("client") or {}).get("application") or {}).get("name")
+        if app:
+            self._apps[request.client_port] = str(app)
+        unauthenticated = self._apps.get(request.client_port) == PROBE_APP_NAME
+        if name == "listdatabases" and self.spec.access_control and unauthenticated:
+            refused = {**UNAUTHORIZED, "errmsg": "command listDatabases requires authentication"}
+            return bool(request.replies({**refused, **self._cluster_time()}))
         override: dict[str, Any] | Callable[[Any], dict[str, Any] | None] | None = self.spec.overrides.get(name)
         if callable(override):
             answer = override(request)

@@ -10,6 +10,13 @@ what write blocking adds, as MongoDB 6.0-8.0 does:
   local: server source ``WriteBlockingAllowsInternalDatabaseNamespaces``) from a client
   without the ``bypassWriteBlockingMode`` privilege fails with UserWritesBlocked (371);
   the migrator (appName ``livemigrate...``) holds the privilege unless the test says not;
+- with access control on (the default), a client that did not authenticate (livemigrate's probe,
+  appName ``livemigrate-probe``) is refused ``listDatabases`` with Unauthorized (13) "command
+  listDatabases requires authentication" (server source commands.cpp, checkAuthorizationImplPreParse);
+  with it off, every client bypasses the block (AuthorizationSessionImpl: mayBypassWriteBlockingMode
+  is true without auth) and the probe's listDatabases is answered by the real server;
+- ``listCommands`` lists setUserWriteBlockMode where it is supported (the test server's own
+  listCommands is not there: the scripted reply lists that one command);
 - ``connectionStatus {showPrivileges: true}`` reports an authenticated user and its
   cluster privileges (manual: "connectionStatus", ``authInfo.authenticatedUserPrivileges``).
 
@@ -26,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bson
+
+from tasks.mongo import PROBE_APP_NAME
 
 OP_QUERY, OP_MSG = 2004, 2013
 INTERNAL_DBS = {"admin", "config", "local"}
@@ -55,6 +64,7 @@ class WriteBlockScript:
     may_block: bool = True  # the migration user holds setUserWriteBlockMode
     may_bypass: bool = True  # ... and bypassWriteBlockingMode
     auth_on: bool = True  # connectionStatus shows an authenticated user
+    access_control: bool = True  # the server enforces authentication (off: every client bypasses the block)
     blocked: bool = False
     blocks: list[bool] = field(default_factory=list)  # every accepted setUserWriteBlockMode's `global`
     refused_writes: list[tuple[str, str]] = field(default_factory=list)  # (appName, command) refused with 371
@@ -180,7 +190,15 @@ class WriteBlockProxy:
             conn["app"] = app
         name = next(iter(doc), "").lower()
         s = self.script
-        migrator = str(conn["app"]).startswith("livemigrate")
+        probe = conn["app"] == PROBE_APP_NAME  # the one client that does not authenticate
+        migrator = str(conn["app"]).startswith("livemigrate") and not probe
+        if probe and s.access_control and name == "listdatabases":
+            return {
+                "ok": 0.0,
+                "code": 13,
+                "codeName": "Unauthorized",
+                "errmsg": "command listDatabases requires authentication",
+            }
         if name == "setuserwriteblockmode":
             if not s.supported:
                 return {"ok": 0.0, "code": 59, "codeName": "CommandNotFound", "errmsg": "no such command"}
@@ -189,6 +207,11 @@ class WriteBlockProxy:
             s.blocked = bool(doc.get("global"))
             s.blocks.append(s.blocked)
             return {"ok": 1.0}
+        if name == "listcommands" and s.supported:
+            return {
+                "ok": 1.0,
+                "commands": {"setUserWriteBlockMode": {"adminOnly": True, "help": "", "requiresAuth": True}},
+            }
         if name == "connectionstatus":
             actions = (["setUserWriteBlockMode"] if s.may_block else []) + (
                 ["bypassWriteBlockingMode"] if s.may_bypass else []
@@ -200,7 +223,7 @@ class WriteBlockProxy:
                 info["authenticatedUserPrivileges"] = privileges
             return {"ok": 1.0, "authInfo": info}
         db = str(doc.get("$db", ""))
-        bypass = (migrator and s.may_bypass) or not s.auth_on  # access control off: everyone bypasses
+        bypass = (migrator and s.may_bypass) or not s.access_control  # access control off: everyone bypasses
         if s.blocked and name in WRITES and db not in INTERNAL_DBS and not bypass:
             s.refused_writes.append((str(conn["app"]), name))
             return dict(USER_WRITES_BLOCKED)

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pymongo import MongoClient
@@ -23,6 +24,7 @@ from tasks.catalog import Unsupported, list_specs
 from tasks.config import METADATA_DB
 from tasks.errors import classify
 from tasks.metadata import MetadataStore
+from tasks.mongo import access_control_enforced
 from tasks.namespaces import NamespaceFilter
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class SideFacts:
     # connectionStatus {showPrivileges: true}: read only for a reversible migration (gather_privileges)
     users: list[str] | None = None  # "user@db"
     privileges: list[dict[str, Any]] | None = None  # [{resource, actions}], inherited ones included
-    access_control: bool | None = None  # False: no user and every command allowed; None: not known
+    access_control: bool | None = None  # asked of an unauthenticated connection (access_control_on); None: not known
     problems: dict[str, str] = field(default_factory=dict)
 
     def need(self, name: str) -> Any:
@@ -208,11 +210,10 @@ def gather_auth(client: MongoClient[Any], uri: str, tls_ca_file: str | None, tim
     users = info.get("authenticatedUsers", [])
     auth.users = [f"{u.get('user')}@{u.get('db')}" for u in users]
     roles = {f"{r.get('role')}@{r.get('db')}" for r in info.get("authenticatedUserRoles", [])}
+    auth.auth_enforced = access_control_on(uri, "source", tls_ca_file, timeout_s, problems)
     if not users:
-        auth.auth_enforced = access_control_on(client, problems)
         auth.roles = sorted(roles)
         return auth
-    auth.auth_enforced = True
     first = users[0]
     uinfo = attempt(
         problems,
@@ -237,16 +238,17 @@ def gather_auth(client: MongoClient[Any], uri: str, tls_ca_file: str | None, tim
     return auth
 
 
-def access_control_on(client: MongoClient[Any], problems: dict[str, str], key: str = "listDatabases") -> bool | None:
-    """For a connection with no authenticated user: is authentication off, or did the URI just not give one?
-
-    listDatabases answers anyone when access control is off and refuses an unauthenticated client when it
-    is on; any other failure leaves the question open (None, the reason under ``key``).
-    """
-    ok = attempt(problems, key, lambda: client.admin.command({"listDatabases": 1, "nameOnly": True}))
-    if ok is not None:
-        return False
-    return True if "not authorized" in problems.get(key, "") else None
+def access_control_on(
+    uri: str, side: str, tls_ca_file: str | None, timeout_s: float, problems: dict[str, str], key: str = "listDatabases"
+) -> bool | None:
+    """Whether the side enforces access control, asked of an unauthenticated connection (an authenticated
+    user proves nothing: a server without ``--auth`` authenticates one all the same); None when it cannot
+    be told, the reason under ``key`` (tasks/mongo.py ``access_control_enforced``)."""
+    ca = Path(tls_ca_file) if tls_ca_file else None
+    enforced, why = access_control_enforced(uri, side=side, tls_ca_file=ca, timeout_s=timeout_s)
+    if enforced is None:
+        problems[key] = why
+    return enforced
 
 
 def gather_privileges(client: MongoClient[Any], facts: SideFacts) -> None:
@@ -258,13 +260,12 @@ def gather_privileges(client: MongoClient[Any], facts: SideFacts) -> None:
     p = facts.problems
     status = attempt(p, "privileges", lambda: client.admin.command({"connectionStatus": 1, "showPrivileges": True}))
     if status is None:
-        p["users"] = p["access_control"] = p["privileges"]
+        p["users"] = p["privileges"]
         return
     info = status.get("authInfo") or {}
     users = list(info.get("authenticatedUsers") or [])
     facts.users = [f"{u.get('user')}@{u.get('db')}" for u in users]
     facts.privileges = [dict(priv) for priv in info.get("authenticatedUserPrivileges") or []]
-    facts.access_control = True if users else access_control_on(client, p, "access_control")
 
 
 def _can_authenticate(uri: str, mechanism: str, tls_ca_file: str | None, timeout_s: float) -> bool:

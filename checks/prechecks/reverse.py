@@ -156,8 +156,9 @@ def remedy_for(missing: Missing, side: str) -> str:
 
 
 def _auth_off_or_unknown(s: SideFacts, cid: str, off_status: Status, off_summary: str, off_remedy: str) -> CheckResult:
-    """The side's connection has no user: access control off, a URI without credentials, or not known."""
-    ev: dict[str, Any] = {"users": [], "access_control": s.access_control}
+    """Access control is off on the side (whoever authenticated), or its connection has no user: a URI
+    without credentials, or not known."""
+    ev: dict[str, Any] = {"users": s.users or [], "access_control": s.access_control}
     if s.access_control is False:
         return CheckResult(cid, off_status, off_summary, ev, off_remedy if off_status != Status.PASS else "")
     if s.access_control is True:
@@ -179,7 +180,7 @@ def rule_reverse_source(f: Facts) -> CheckResult:
     """The source user may write every migrated namespace, through the source's write block, and lift it."""
     s = f.source
     privileges: list[dict[str, Any]] = s.need("privileges")
-    if not s.users:
+    if not s.users or s.access_control is False:
         return _auth_off_or_unknown(
             s,
             "reverse-source",
@@ -224,7 +225,7 @@ def rule_reverse_destination(f: Facts) -> CheckResult:
     """The destination user may read its cluster-wide change stream; a rollback may close the destination."""
     d = f.destination
     privileges: list[dict[str, Any]] = d.need("privileges")
-    if not d.users:
+    if not d.users or d.access_control is False:
         return _auth_off_or_unknown(
             d,
             "reverse-destination",

@@ -31,6 +31,7 @@ from checks.prechecks.facts import (
     CannotCheck,
     Facts,
     SideFacts,
+    access_control_on,
     attempt,
     gather_auth,
     gather_destination,
@@ -124,9 +125,12 @@ def gather(config: MigrationConfig, src: MongoClient[Any] | None, dst: MongoClie
     p = facts.problems
     if src is not None:
         attempt(p, "source facts", lambda: gather_side(src, facts.source))
+        ca = str(config.source.tls_ca_file) if config.source.tls_ca_file else None
         if config.reversible:
             gather_privileges(src, facts.source)
-        ca = str(config.source.tls_ca_file) if config.source.tls_ca_file else None
+            facts.source.access_control = access_control_on(
+                config.source_uri(), "source", ca, timeout, facts.source.problems, "access_control"
+            )
         auth = attempt(p, "auth", lambda: gather_auth(src, config.source_uri(), ca, timeout))
         facts.auth = auth or facts.auth
         attempt(p, "scope", lambda: gather_scope(src, nsfilter, facts.scope, p))
@@ -134,6 +138,10 @@ def gather(config: MigrationConfig, src: MongoClient[Any] | None, dst: MongoClie
         attempt(p, "destination facts", lambda: gather_side(dst, facts.destination))
         if config.reversible:
             gather_privileges(dst, facts.destination)
+            dca = str(config.destination.tls_ca_file) if config.destination.tls_ca_file else None
+            facts.destination.access_control = access_control_on(
+                config.destination_uri(), "destination", dca, timeout, facts.destination.problems, "access_control"
+            )
         attempt(p, "destination state", lambda: gather_destination(dst, nsfilter, facts.dest, p))
     if src is not None and dst is not None:
         facts.identity = attempt(p, "identity", lambda: probe_identity(src, dst, facts.source, facts.destination)) or {}

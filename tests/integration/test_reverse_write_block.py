@@ -44,18 +44,24 @@ def _refused(app: MongoClient[Any], db: str) -> bool:
     return False
 
 
-@pytest.mark.parametrize("bypass_on_destination", [True, False], ids=["bypass", "no-bypass"])
+@pytest.mark.parametrize(
+    "destination",
+    [{}, {"may_bypass": False}, {"access_control": False}],
+    ids=["bypass", "no-bypass", "access-control-off"],
+)
 def test_rollback_closes_the_destination_then_reopens_the_source(
-    bypass_on_destination: bool,
+    destination: dict[str, bool],
     pair: tuple[Deployment, Deployment],
     src_client: MongoClient[Any],
     dst_client: MongoClient[Any],
     dbname: str,
 ) -> None:
     """Without bypassWriteBlockingMode on the destination the rollback must not block it (its own records
-    live there): it watches the destination stand still instead, and still reopens the source."""
+    live there), nor where access control is off there (every client would write through the block): it
+    watches the destination stand still instead, and still reopens the source."""
     seed(src_client, dbname)
-    s_script, d_script = WriteBlockScript(), WriteBlockScript(may_bypass=bypass_on_destination)
+    s_script, d_script = WriteBlockScript(), WriteBlockScript(**destination)
+    bypass_on_destination = not destination  # only then does the rollback close the destination
     with (
         WriteBlockProxy(_backend(pair[0]), s_script) as s_proxy,
         WriteBlockProxy(_backend(pair[1]), d_script) as d_proxy,

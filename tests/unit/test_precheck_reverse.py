@@ -31,26 +31,26 @@ pytestmark = pytest.mark.unit
 
 
 class _Admin:
-    def __init__(self, status: dict[str, Any], auth_on: bool) -> None:
-        self.status, self.auth_on = status, auth_on
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
 
     def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        if "connectionStatus" in cmd:
-            return self.status
-        if "listDatabases" in cmd and self.auth_on:  # what an unauthenticated client meets when auth is on
-            raise OperationFailure("command listDatabases requires authentication", 13, {"codeName": "Unauthorized"})
-        return {"databases": [{"name": "app"}], "ok": 1.0}
+        assert "connectionStatus" in cmd
+        return self.status
 
 
 class _Client:
     """Just enough of a MongoClient for gather_privileges: admin.command."""
 
-    def __init__(self, status: dict[str, Any], auth_on: bool = True) -> None:
-        self.admin = _Admin(status, auth_on)
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.admin = _Admin(status)
 
 
 def read(side: SideFacts, status: dict[str, Any], auth_on: bool = True) -> None:
-    gather_privileges(_Client(status, auth_on), side)  # type: ignore[arg-type]
+    """The side's connectionStatus, and what the unauthenticated probe found (access_control_on; its
+    replies are tested against real servers in tests/integration/test_servers.py)."""
+    gather_privileges(_Client(status), side)  # type: ignore[arg-type]
+    side.access_control = auth_on
 
 
 def reversible(src: list[Privilege] | None = None, dst: list[Privilege] | None = None, **kw: Any) -> Facts:
@@ -132,6 +132,18 @@ def test_source_without_access_control_warns() -> None:
     r = rule_reverse_source(f)
     assert r.status == Status.WARN and r.evidence["access_control"] is False
     assert "access control is off on the source" in r.summary and "application could write" in r.summary
+
+
+def test_source_without_access_control_warns_even_with_an_authenticated_user() -> None:
+    """A server without --auth still authenticates the user the URI names: connectionStatus shows it with
+    every privilege, yet the write block holds no client off (AuthorizationSessionImpl)."""
+    f = reversible(auth_on=False)
+    assert f.source.users == ["migrator@admin"]
+    r = rule_reverse_source(f)
+    assert r.status == Status.WARN and r.evidence == {"users": ["migrator@admin"], "access_control": False}
+    assert "access control is off on the source" in r.summary
+    d = rule_reverse_destination(f)
+    assert d.status == Status.PASS and "a block there holds no client off" in d.summary
 
 
 # -- destination -------------------------------------------------------------------------

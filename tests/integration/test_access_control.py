@@ -1,0 +1,122 @@
+"""A write block holds no one off where access control is off: it is then neither trusted nor sent.
+
+MongoDB 6.0-8.0 (server source ``AuthorizationSessionImpl``): with authorization disabled every client
+may bypass setUserWriteBlockMode, so a block the server accepts stops no application write.  A server
+without ``--auth`` still authenticates the user a URI names, so the migration's own connectionStatus shows
+a user with privileges either way; livemigrate asks an unauthenticated connection instead
+(``tasks.mongo.access_control_enforced``: listDatabases is refused with Unauthorized 13 "requires
+authentication" exactly when access control is on, server source commands.cpp).
+
+The probe runs against the real test servers (with and without ``--auth``); the cutover against
+tests/write_block_proxy.py, which accepts setUserWriteBlockMode and, with ``access_control=False``, lets
+every client write through it, as MongoDB does.  Before this rule the cutover trusted such a block and
+skipped the quiet-source watch while the application went on writing: the writes that arrived after the
+drain failed the final verification here (the migration was marked failed), and any arriving after the
+verification would have been lost without a word.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+
+from tasks.migration import CutoverRefused, Migration
+from tasks.mongo import access_control_enforced
+from tests.conftest import Deployment
+from tests.helpers import assert_same_data, make_config
+from tests.integration.test_continuous_verification import _verify
+from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript
+
+pytestmark = pytest.mark.integration
+
+
+def _backend(d: Deployment) -> tuple[str, int]:
+    host, port = d.uri.split("//")[1].split("/")[0].split(",")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+def test_the_probe_tells_access_control_on_from_off(
+    pair: tuple[Deployment, Deployment], auth_pair: tuple[Deployment, Deployment]
+) -> None:
+    assert access_control_enforced(pair[0].uri, side="source", timeout_s=5) == (False, "")
+    # The auth pair's source runs with --auth; its URI names a user, whom the probe leaves out.
+    assert access_control_enforced(auth_pair[0].uri, side="source", timeout_s=5) == (True, "")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    enforced, why = access_control_enforced(
+        f"mongodb://u:secret-pw@127.0.0.1:{free}/?directConnection=true", side="destination", timeout_s=0.5
+    )
+    assert enforced is None and "destination" in why and "secret-pw" not in why
+
+
+class _AppWriter(threading.Thread):
+    """The application, still writing to the source while the cutover is asked for."""
+
+    def __init__(self, client: MongoClient[Any], db: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.db, self.stop_event, self.n = client, db, threading.Event(), 0
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.02):
+            self.client[self.db]["orders"].insert_one({"_id": f"app-{self.n}"})
+            self.n += 1
+
+
+def test_a_block_that_holds_no_one_off_is_not_trusted_at_the_cutover(
+    pair: tuple[Deployment, Deployment],
+    src_client: MongoClient[Any],
+    dst_client: MongoClient[Any],
+    dbname: str,
+) -> None:
+    src_client[dbname]["orders"].insert_many([{"_id": i, "v": i} for i in range(200)])
+    script = WriteBlockScript(access_control=False)  # the command is there and accepted; it binds no one
+    with (
+        WriteBlockProxy(_backend(pair[0]), script) as proxy,
+        MongoClient(proxy.uri(appName="shop"), serverSelectionTimeoutMS=5000) as app,
+    ):
+        cfg = make_config(
+            proxy.uri(),
+            pair[1].uri,
+            dbname,
+            cutover={"ready_after_seconds": 0.2, "quiesce_seconds": 0.3, "quiesce_timeout_seconds": 2},
+        )
+        with Migration(cfg) as m:
+            m.begin()
+            m.clone()
+            assert m.wait_ready(30)
+            blocks, why = m.write_block_plan()
+            assert blocks is False and "access control is off on the source" in why  # what the form says
+            writer = _AppWriter(app, dbname)
+            writer.start()
+            try:
+                with pytest.raises(CutoverRefused):  # the source never stood still: refused, nothing lost
+                    m.cutover("alice", "go", _verify(m))
+            finally:
+                writer.stop_event.set()
+                writer.join(10)
+            assert writer.n > 0 and script.blocks == []
+            assert m.store.load(m.name).phase.value == "syncing" and not m.store.load(m.name).write_blocked
+            result = m.cutover("alice", "the application is stopped now", _verify(m))
+            assert result.phase.value == "complete" and result.downtime and result.downtime["blocked"] is False
+        assert script.blocks == []  # never sent: it would have protected nothing
+    assert src_client[dbname]["orders"].count_documents({"_id": {"$regex": "^app-"}}) == writer.n
+    assert_same_data(src_client, dst_client, [dbname])
+
+
+def test_destination_write_blocking_watches_where_access_control_is_off(
+    pair: tuple[Deployment, Deployment], dbname: str
+) -> None:
+    """The migration user authenticates and holds both privileges, yet every client bypasses a block."""
+    script = WriteBlockScript(access_control=False)
+    with WriteBlockProxy(_backend(pair[1]), script) as proxy:
+        cfg = make_config(pair[0].uri, proxy.uri(), dbname, destination_write_blocking=True)
+        with Migration(cfg) as m:
+            doc = m.begin()
+            assert script.blocks == [] and not doc.destination_write_blocked
+            assert doc.destination_writes.startswith("watched: access control is off on the destination")
+            m.cancel("oncall", "done")
