@@ -770,7 +770,16 @@ class Migration:
             )
         )
         log.warning("resuming the cutover approved by %s", approval.approver or "(unnamed)")
-        return self._finish_cutover(verify, already_blocked=self.store.load(self.name).write_blocked)
+        doc = self.store.load(self.name)
+        if doc.destination_ready_at is not None:
+            # Stopped past the point of no return: drained, verified and declared ready already; the
+            # application may be writing to the destination, so nothing is synced or verified again.
+            self._unblock_destination(doc)
+            done = CutoverResult(
+                destination_ready_at=doc.destination_ready_at, downtime=doc.downtime, verification=doc.last_verification
+            )
+            return self._complete(done, doc)
+        return self._finish_cutover(verify, already_blocked=doc.write_blocked)
 
     def _finish_cutover(self, verify: VerifyFn, *, already_blocked: bool) -> CutoverResult:
         # Prepared before writes stop: the background verification stops at its next batch (its proofs and
@@ -781,6 +790,7 @@ class Migration:
         if self.verifier is not None:
             self.verifier.freeze()
         clock = _Stopwatch()
+        opened = False  # the destination was declared ready: past the point of no return
         try:
             blocked = already_blocked or self._block_writes()
             clock.lap("write_block")
@@ -830,29 +840,48 @@ class Migration:
                     "reverse sync start point", lambda: capture_reverse_start(self, self.store.load(self.name))
                 )
                 clock.lap("reverse_start")
+            # The point of no return, recorded before the destination opens (as a write block is recorded
+            # before it is sent): from here the application may write to the destination, so a failure must
+            # neither reopen the source (both clusters would take writes) nor let the migration sync forward
+            # again (replayed source events would overwrite the application's writes).  A resumed cutover
+            # only finishes what follows (resume_cutover).
+            ready_at = utcnow()
+            self._retrying("destination ready", lambda: self.store.update(self.name, destination_ready_at=ready_at))
+            opened = True
             self._unblock_destination(self.store.load(self.name))
-            result.destination_ready_at = utcnow()
+            result.destination_ready_at = ready_at
             clock.lap("finalize")
             result.downtime = clock.record(
-                result.destination_ready_at,
+                ready_at,
                 final_verification=str((summary.get("settings") or {}).get("mode") or "full"),
                 final_checks_detail=(summary.get("settings") or {}).get("timings"),
                 estimate=self.store.load(self.name).downtime_estimate,
                 blocked=blocked,
             )
-            self.store.update(self.name, destination_ready_at=result.destination_ready_at, downtime=result.downtime)
+            self.store.update(self.name, downtime=result.downtime)
             log.info("destination ready to accept writes (downtime %.1f s)", result.downtime["seconds"])
-            self._wind_down(doc, result.warnings)
-            result.completed_at = utcnow()
-            self.store.set_phase(self.name, Phase.COMPLETE, completed_at=result.completed_at)
-            result.phase = Phase.COMPLETE
-            log.info("migration complete")
-            return result
+            return self._complete(result, doc)
         except BaseException as exc:
+            if opened:
+                log.error(
+                    "the cutover stopped after the destination was declared ready (%s): the source stays closed; "
+                    "run the same command again to finish it",
+                    type(exc).__name__,
+                )
+                raise
             self._unblock_writes(self.store.load(self.name))  # whatever the record says is blocked
             if isinstance(exc, LiveMigrateError) and not isinstance(exc, CutoverRefused):
                 self.fail(exc)
             raise
+
+    def _complete(self, result: CutoverResult, doc: MigrationDoc) -> CutoverResult:
+        """After "destination ready": stop the sync, restart the balancer, release the lock, complete."""
+        self._wind_down(doc, result.warnings)
+        result.completed_at = utcnow()
+        self.store.set_phase(self.name, Phase.COMPLETE, completed_at=result.completed_at)
+        result.phase = Phase.COMPLETE
+        log.info("migration complete")
+        return result
 
     def _drain(self, runner: SyncRunner, target: Timestamp) -> bool:
         """Wait until the sync has applied the source's last write; say so every 10 s while it waits."""
