@@ -327,22 +327,28 @@ class Applier:
         """
         if not self.deferred:
             return 0
-        todo, self.deferred = list(self.deferred.values()), {}
+        owed, self.deferred = self.deferred, {}
         by_ns: dict[str, list[Write]] = {}
-        for ns, id_value in todo:
+        for ns, id_value in owed.values():
             by_ns.setdefault(ns, []).append(Write(ns, id_value, None))
-        for ns, ws in by_ns.items():
-            db, _, coll = ns.partition(".")
-            c = self.dst[db].get_collection(coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
-            self._look_up(ns, ws)
-            # Deleted first, all of them, then inserted: documents that swapped unique values (a lookup writes
-            # each at its latest state) block each other only while both hold their old values.
-            self._bulk(c, ns, [DeleteOne({"_id": w.id_value}) for w in ws], ordered=False)
-            back = [w for w in ws if w.doc is not None]
-            if any_empty_ts([w.doc for w in back]):
-                self._write_keeping_empty_ts(c, ns, back, "collation")  # one by one, as inserts
-            elif back:
-                self._bulk(c, ns, [InsertOne(w.doc) for w in back], ordered=False)
+        try:
+            for ns, ws in by_ns.items():
+                db, _, coll = ns.partition(".")
+                c = self.dst[db].get_collection(coll, codec_options=RAW, write_concern=DATA_WRITE_CONCERN)
+                self._look_up(ns, ws)
+                # Deleted first, all of them, then inserted: documents that swapped unique values (a lookup
+                # writes each at its latest state) block each other only while both hold their old values.
+                self._bulk(c, ns, [DeleteOne({"_id": w.id_value}) for w in ws], ordered=False)
+                back = [w for w in ws if w.doc is not None]
+                if any_empty_ts([w.doc for w in back]):
+                    self._write_keeping_empty_ts(c, ns, back, "collation")  # one by one, as inserts
+                elif back:
+                    self._bulk(c, ns, [InsertOne(w.doc) for w in back], ordered=False)
+        except BaseException:
+            # Still owed, all of them (one may be deleted and not yet inserted): the sync retries a transient
+            # error with this applier, and the next checkpoint must still list them.
+            self.deferred = {**owed, **self.deferred}
+            raise
         if self.deferred:
             log.info(
                 "%d document(s) still meet a duplicate key on the destination: written once it is free",

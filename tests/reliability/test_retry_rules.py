@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, OperationFailure, WriteConcernError
@@ -74,6 +75,21 @@ def test_applier_turns_write_errors_into_typed_errors() -> None:
     invalid = {"index": 0, "code": 121, "errmsg": "Document failed validation"}
     with pytest.raises(DocumentRejectedError):
         applier._raise_rejected("db.c", ops, BulkWriteError({"writeErrors": [invalid], "writeConcernErrors": []}))
+
+
+def test_deferred_documents_stay_owed_when_their_retry_fails() -> None:
+    """The reverse sync retries a transient error with the same applier (tasks/sync.py): documents whose
+    rewrite failed half-way (one may be deleted on the target, not yet inserted) must stay in the set that
+    the next checkpoint saves, else nothing owes them any more."""
+    from pymongo import MongoClient
+
+    unreached: MongoClient[Any] = MongoClient("mongodb://127.0.0.1:1/", connect=False, serverSelectionTimeoutMS=100)
+    rules = NamespaceFilter.from_rules(NamespaceRules(include=["db.*"]))
+    applier = Applier(unreached, rules, 1, source=unreached)  # the document's lookup on the source fails
+    applier.deferred = {("db.c", 7): ("db.c", 7), ("db.d", 8): ("db.d", 8)}
+    with pytest.raises(AutoReconnect):
+        applier.retry_deferred()
+    assert sorted(applier.deferred.values()) == [("db.c", 7), ("db.d", 8)]
 
 
 def test_flush_waits_for_every_lane_before_raising(monkeypatch: pytest.MonkeyPatch) -> None:
