@@ -54,6 +54,9 @@ WRITES = {
     "applyops",
 }
 USER_WRITES_BLOCKED = {"ok": 0.0, "code": 371, "codeName": "UserWritesBlocked", "errmsg": "User writes blocked"}
+# insert, update and delete report it per statement, as every write error (MongoDB 6.0-8.0 write_ops_exec:
+# {ok: 1, n: 0, writeErrors: [{index, code, errmsg}]}); findAndModify and DDL commands fail as a whole.
+CRUD = {"insert": "documents", "update": "updates", "delete": "deletes"}
 
 
 @dataclass
@@ -226,5 +229,11 @@ class WriteBlockProxy:
         bypass = (migrator and s.may_bypass) or not s.access_control  # access control off: everyone bypasses
         if s.blocked and name in WRITES and db not in INTERNAL_DBS and not bypass:
             s.refused_writes.append((str(conn["app"]), name))
+            if name in CRUD:
+                error = {"code": 371, "errmsg": USER_WRITES_BLOCKED["errmsg"]}
+                ordered = doc.get("ordered", True)
+                # Statements sent as a document sequence are not read here: one error for them.
+                count = 1 if ordered else max(1, len(doc.get(CRUD[name]) or []))
+                return {"ok": 1.0, "n": 0, "writeErrors": [{"index": i, **error} for i in range(count)]}
             return dict(USER_WRITES_BLOCKED)
         return None
