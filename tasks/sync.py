@@ -216,11 +216,15 @@ def batch_through(
 def open_start_point(source: MongoClient[Any]) -> tuple[dict[str, Any], Timestamp]:
     """Open the cluster-wide change stream once and return its resume point (before any data is read)."""
     optime = latest_optime(source)
-    # A short await: the getMore only proves the cursor exists; the server's default (1 s) was a second of
-    # every begin spent waiting for an event nobody needs.
     with source.watch([], show_expanded_events=True, max_await_time_ms=50) as stream:
-        stream.try_next()  # make sure the cursor exists on the server
+        # The opening reply's postBatchResumeToken (MongoDB 4.0.7+, change-events manual "Resume Tokens from
+        # aggregate and getMore"; pymongo's resume_token before anything is read): a point before every event
+        # still to come.  Reading first moved the token past a write that arrived meanwhile, and resuming
+        # there skipped it: harmless before a clone, lost for a reverse sync (it has none).
         token = token_dict(stream.resume_token)
+        if token is None:  # a server that sends no postBatchResumeToken: the first getMore gives one
+            stream.try_next()
+            token = token_dict(stream.resume_token)
     if token is None:
         raise TransientError("source returned no resume token for the change stream")
     return token, optime
