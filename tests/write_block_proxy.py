@@ -116,6 +116,12 @@ def _reply(request_id: int, doc: dict[str, Any]) -> bytes:
     return struct.pack("<iiii", 16 + len(payload), 0, request_id, OP_MSG) + payload
 
 
+def backend_of(uri: str) -> tuple[str, int]:
+    """(host, port) of a test server's URI (its first host), for :class:`WriteBlockProxy`."""
+    host, port = uri.split("//")[1].split("/")[0].split(",")[0].rsplit(":", 1)
+    return host, int(port)
+
+
 class WriteBlockProxy:
     """Listens on a loopback port; forwards to ``backend`` (host, port)."""
 

@@ -29,14 +29,9 @@ from tasks.mongo import access_control_enforced
 from tests.conftest import Deployment
 from tests.helpers import assert_same_data, make_config
 from tests.integration.test_continuous_verification import _verify
-from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript
+from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript, backend_of
 
 pytestmark = pytest.mark.integration
-
-
-def _backend(d: Deployment) -> tuple[str, int]:
-    host, port = d.uri.split("//")[1].split("/")[0].split(",")[0].rsplit(":", 1)
-    return host, int(port)
 
 
 def test_the_probe_tells_access_control_on_from_off(
@@ -76,7 +71,7 @@ def test_a_block_that_holds_no_one_off_is_not_trusted_at_the_cutover(
     src_client[dbname]["orders"].insert_many([{"_id": i, "v": i} for i in range(200)])
     script = WriteBlockScript(access_control=False)  # the command is there and accepted; it binds no one
     with (
-        WriteBlockProxy(_backend(pair[0]), script) as proxy,
+        WriteBlockProxy(backend_of(pair[0].uri), script) as proxy,
         MongoClient(proxy.uri(appName="shop"), serverSelectionTimeoutMS=5000) as app,
     ):
         cfg = make_config(
@@ -113,7 +108,7 @@ def test_destination_write_blocking_watches_where_access_control_is_off(
 ) -> None:
     """The migration user authenticates and holds both privileges, yet every client bypasses a block."""
     script = WriteBlockScript(access_control=False)
-    with WriteBlockProxy(_backend(pair[1]), script) as proxy:
+    with WriteBlockProxy(backend_of(pair[1].uri), script) as proxy:
         cfg = make_config(pair[0].uri, proxy.uri(), dbname, destination_write_blocking=True)
         with Migration(cfg) as m:
             doc = m.begin()

@@ -21,16 +21,15 @@ from tasks.status import describe
 from tests.conftest import Deployment
 from tests.helpers import assert_same_data, make_config, wait_until
 from tests.integration.test_continuous_verification import _proven, _verify
-from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript
+from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript, backend_of
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def proxied(pair: tuple[Deployment, Deployment]) -> Iterator[tuple[WriteBlockProxy, WriteBlockScript]]:
-    host, port = pair[1].uri.split("//")[1].split("/")[0].split(",")[0].rsplit(":", 1)
     script = WriteBlockScript()
-    with WriteBlockProxy((host, int(port)), script) as proxy:
+    with WriteBlockProxy(backend_of(pair[1].uri), script) as proxy:
         yield proxy, script
 
 

@@ -25,7 +25,7 @@ from tasks.state import MigrationDoc, Phase
 from tests.conftest import Deployment
 from tests.helpers import make_config
 from tests.integration.test_continuous_verification import _verify
-from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript
+from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript, backend_of
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +43,8 @@ def test_a_failure_after_destination_ready_keeps_the_source_closed_and_finishes_
     dbname: str,
 ) -> None:
     src_client[dbname]["orders"].insert_many([{"_id": i, "v": i} for i in range(100)])
-    host, port = pair[0].uri.split("//")[1].split("/")[0].rsplit(":", 1)
     script = WriteBlockScript()
-    with WriteBlockProxy((host, int(port)), script) as proxy:
+    with WriteBlockProxy(backend_of(pair[0].uri), script) as proxy:
         cfg = make_config(proxy.uri(), pair[1].uri, dbname, cutover={"ready_after_seconds": 0.2})
         with _LosesDestinationAsItOpens(cfg) as m:
             m.begin()

@@ -25,14 +25,9 @@ from tests.conftest import Deployment
 from tests.helpers import assert_same_data, make_config
 from tests.integration.test_continuous_verification import _verify
 from tests.integration.test_reverse import seed
-from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript
+from tests.write_block_proxy import WriteBlockProxy, WriteBlockScript, backend_of
 
 pytestmark = pytest.mark.integration
-
-
-def _backend(d: Deployment) -> tuple[str, int]:
-    host, port = d.uri.split("//")[1].split("/")[0].split(",")[0].rsplit(":", 1)
-    return host, int(port)
 
 
 def _refused(app: MongoClient[Any], db: str) -> bool:
@@ -63,8 +58,8 @@ def test_rollback_closes_the_destination_then_reopens_the_source(
     s_script, d_script = WriteBlockScript(), WriteBlockScript(**destination)
     bypass_on_destination = not destination  # only then does the rollback close the destination
     with (
-        WriteBlockProxy(_backend(pair[0]), s_script) as s_proxy,
-        WriteBlockProxy(_backend(pair[1]), d_script) as d_proxy,
+        WriteBlockProxy(backend_of(pair[0].uri), s_script) as s_proxy,
+        WriteBlockProxy(backend_of(pair[1].uri), d_script) as d_proxy,
         MongoClient(s_proxy.uri(appName="shop"), serverSelectionTimeoutMS=5000) as app_src,
         MongoClient(d_proxy.uri(appName="shop"), serverSelectionTimeoutMS=5000) as app_dst,
     ):
