@@ -192,8 +192,10 @@ def gather_side(client: MongoClient[Any], facts: SideFacts) -> None:
             facts.shard_count = len(shards.get("shards", []))
 
 
-def gather_auth(client: MongoClient[Any], uri: str, tls_ca_file: str | None, timeout_s: float) -> AuthFacts:
-    """Users, roles and SCRAM mechanisms of the source connection.
+def gather_auth(
+    client: MongoClient[Any], uri: str, tls_ca_file: str | None, timeout_s: float, enforced: bool | None
+) -> AuthFacts:
+    """Users, roles and SCRAM mechanisms of the source connection; ``enforced``: what access_control_on found.
 
     usersInfo on one's own user is allowed on MongoDB; where a server refuses
     it, the mechanisms are proven by authenticating once with each of them.
@@ -210,7 +212,7 @@ def gather_auth(client: MongoClient[Any], uri: str, tls_ca_file: str | None, tim
     users = info.get("authenticatedUsers", [])
     auth.users = [f"{u.get('user')}@{u.get('db')}" for u in users]
     roles = {f"{r.get('role')}@{r.get('db')}" for r in info.get("authenticatedUserRoles", [])}
-    auth.auth_enforced = access_control_on(uri, "source", tls_ca_file, timeout_s, problems)
+    auth.auth_enforced = enforced
     if not users:
         auth.roles = sorted(roles)
         return auth

@@ -126,12 +126,14 @@ def gather(config: MigrationConfig, src: MongoClient[Any] | None, dst: MongoClie
     if src is not None:
         attempt(p, "source facts", lambda: gather_side(src, facts.source))
         ca = str(config.source.tls_ca_file) if config.source.tls_ca_file else None
+        # Asked once: the roles check and, for a reversible migration, the reverse-source check read it.
+        enforced = access_control_on(
+            config.source_uri(), "source", ca, timeout, facts.source.problems, "access_control"
+        )
         if config.reversible:
             gather_privileges(src, facts.source)
-            facts.source.access_control = access_control_on(
-                config.source_uri(), "source", ca, timeout, facts.source.problems, "access_control"
-            )
-        auth = attempt(p, "auth", lambda: gather_auth(src, config.source_uri(), ca, timeout))
+            facts.source.access_control = enforced
+        auth = attempt(p, "auth", lambda: gather_auth(src, config.source_uri(), ca, timeout, enforced))
         facts.auth = auth or facts.auth
         attempt(p, "scope", lambda: gather_scope(src, nsfilter, facts.scope, p))
     if dst is not None:
