@@ -8,7 +8,7 @@ export UV_COMPILE_BYTECODE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test lint format lock bench bench-smoke soak ui browser-check clean
+.PHONY: setup demo test test-slow lint format lock bench bench-smoke soak ui browser-check clean
 
 setup: $(VENV)/.installed $(SECANTUS)/.installed
 
@@ -35,6 +35,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+# The tests marked slow (over 30 s each), kept out of `make test`'s 10 minutes; run by .ci/run.
+test-slow: setup
+	$(VENV)/bin/python -m pytest -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check tasks checks flows deployments tests bench scripts

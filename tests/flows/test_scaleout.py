@@ -247,6 +247,7 @@ def test_runs_nobody_picks_up_are_sub_runs_and_are_cancelled_after_the_clone() -
     assert all(s.state.is_cancelled() and s.parameters["config"] == "m.yaml" for s in subs)
 
 
+@pytest.mark.slow
 def test_migrate_deployment_starts_clone_workers_that_share_the_copy_and_survive_a_lost_worker(
     workers: Workers,
     pair: tuple[Deployment, Deployment],

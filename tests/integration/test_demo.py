@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.flows]
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @requires_secantus("the demo starts its own SecantusDB servers")
 def test_demo_runs_and_cleans_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
